@@ -1,0 +1,27 @@
+"""Gradio demos: one builder per task (``hftk/demos/<task>.py``), launched on 127.0.0.1 unless asked otherwise."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hftk.evaluation import load_run_recipe, require_model
+from hftk.tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+
+def build(run_dir: str | Path):
+    """The run's demo as a ``gradio.Blocks`` (not launched)."""
+    recipe = load_run_recipe(run_dir)
+    require_model(Path(run_dir))
+    return get_task(recipe.task).demo(run_dir), recipe
+
+
+def launch(run_dir: str | Path, host: str | None = None, port: int | None = None, **kwargs):
+    """Build and serve the demo; binds the recipe's ``demo.host`` (127.0.0.1 by default)."""
+    blocks, recipe = build(run_dir)
+    host = host or recipe.demo.host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("the demo listens on %s: anyone who can reach this machine can use it", host)
+    return blocks.launch(server_name=host, server_port=port or recipe.demo.port, **kwargs)

@@ -1,0 +1,102 @@
+"""Recipes: every shipped recipe loads; overrides are typed; bad keys and values get one clear line."""
+
+from pathlib import Path
+
+import pytest
+
+from hftk.config import RECIPES_DIR, load_recipe, parse_overrides
+from hftk.errors import HftkError
+
+RECIPES = sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name != "accelerate")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipe_loads_and_starts_with_its_command(path):
+    recipe = load_recipe(path)
+    assert recipe.task == path.parent.name
+    assert recipe.model.name
+    head = path.read_text().splitlines()[:3]
+    assert head[0].startswith("# ") and any("hftk train" in line for line in head), "recipes open with their command"
+
+
+def test_task_id_means_its_default_recipe():
+    recipe = load_recipe("image-classification")
+    assert recipe.data.name == "mnist-5k"
+    assert recipe.budget.minutes == 1
+
+
+def test_overrides_are_yaml_typed_and_merge_into_sections():
+    recipe = load_recipe(
+        "image-classification",
+        ["train.learning_rate=3e-4", "train.max_steps=20", "data.augment.hflip=true", "model.model_args.channels=[8,8,8,8]"],
+    )
+    assert recipe.train["learning_rate"] == pytest.approx(3e-4)  # YAML reads 3e-4 as a string; coerced
+    assert recipe.train["max_steps"] == 20
+    assert recipe.data.augment.hflip is True
+    assert recipe.model.model_args == {"channels": [8, 8, 8, 8]}
+    assert recipe.data.augment.degrees == 10  # untouched keys keep the recipe's values
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rat=0.1", "did you mean 'learning_rate'?"),
+        ("data.nmae=digits", "did you mean 'name'?"),
+        ("trian.max_steps=3", "did you mean 'train'?"),
+        ("train.max_steps=many", "train.max_steps: got 'many' (str); expected an integer"),
+        ("data.augment.hflip=maybe", "data.augment.hflip: got 'maybe' (str); expected true/false"),
+        ("model.freeze=half", "expected one of 'none', 'backbone'"),
+        ("train.output_dir=/tmp/x", "use --output-dir"),
+        ("train.hub_token=hf_secret", "tokens never go into recipes"),
+        ("task=image-clasification", "did you mean 'image-classification'?"),
+        ("nokey", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_what_is_expected(override, message):
+    with pytest.raises(HftkError, match=None) as err:
+        load_recipe("image-classification", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: image-classification\nmodel:\n  name: [resnet18\n")
+    with pytest.raises(HftkError, match=r"bad.yaml:\d+: malformed YAML"):
+        load_recipe(bad)
+
+
+def test_unknown_recipe_path_or_task(tmp_path):
+    with pytest.raises(HftkError, match="no such file or task id; did you mean task 'image-classification'"):
+        load_recipe("image-clasification")
+
+
+def test_parse_overrides_nests_dotted_keys():
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1, "d": "x"}}, "e": [1, 2]}
+
+
+def test_resolved_recipe_round_trips_through_yaml(tmp_path):
+    recipe = load_recipe("image-classification", ["train.seed=3"])
+    recipe.save(tmp_path / "recipe.yaml")
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert again.to_dict() == recipe.to_dict()
+    assert again.name == "resnet-mnist"
+
+
+def test_cli_recipes_lists_every_recipe_and_documents_keys(cli):
+    code, out, _ = cli("recipes")
+    assert code == 0
+    for path in RECIPES:
+        assert str(Path("recipes") / path.parent.name / path.name) in out
+    code, out, _ = cli("recipes", "--keys", "image-classification")
+    assert code == 0
+    assert "data.augment.mixup_alpha" in out and "budget.minutes" in out and "train.*" in out
+
+
+def test_cli_bad_recipe_is_one_line_exit_2(cli, tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("task: image-classification\nmodel:\n  nmae: resnet18\n")
+    code, out, err = cli("train", bad, "--output-dir", tmp_path / "run")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "did you mean 'name'?" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

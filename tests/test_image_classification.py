@@ -1,0 +1,186 @@
+"""Image classification: models from every source train, save, reload and match pipeline(); data edge cases."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+from hftk.config import load_recipe
+from hftk.data.embedded import load_mnist_5k
+from hftk.data.images import load_image_data, to_rgb
+from hftk.errors import HftkError
+from hftk.tasks import image_classification as task
+from hftk.training import _save_processor
+
+LABELS = ["cat", "dog", "fox"]
+DIGITS = "recipes/image-classification/resnet-digits.yaml"  # a recipe without model_args
+TINY_MODELS = {
+    "timm": ("test_resnet", {}),
+    "timm-vit": ("test_vit", {}),
+    "vit": ("vit", {"patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}),
+    "resnet": ("resnet", {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1]}),
+    "convnext": ("convnext", {"num_stages": 2, "hidden_sizes": [16, 32], "depths": [1, 1]}),
+}
+
+
+def _recipe(name, model_args, **data):
+    overrides = [f"model.name={name}", f"model.model_args={json.dumps(model_args)}", "data.image_size=16"]
+    return load_recipe(DIGITS, overrides + [f"data.{k}={v}" for k, v in data.items()])
+
+
+def _images(n=12, size=16):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", TINY_MODELS)
+def test_model_trains_saves_reloads_and_matches_pipeline(kind, tmp_path):
+    name, args = TINY_MODELS[kind]
+    recipe = _recipe(name, args)
+    model, processor = task.build_image_classifier(recipe.model, LABELS, 16)
+    assert model.config.id2label == dict(enumerate(LABELS)) and model.config.label2id["dog"] == 1
+    images, labels = _images(), torch.tensor([i % 3 for i in range(12)])
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(15):
+        loss = model(pixel_values=pixels, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] * 0.7, losses
+
+    model.save_pretrained(tmp_path)
+    _save_processor(processor, tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    model.eval()
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path, use_safetensors=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+        expected = torch.softmax(model(pixel_values=pixels[:1]).logits, -1)[0]
+    top = pipeline("image-classification", model=str(tmp_path), device="cpu")(images[0], top_k=3)
+    assert {p["label"] for p in top} == set(LABELS)
+    by_label = {p["label"]: p["score"] for p in top}
+    assert by_label["dog"] == pytest.approx(expected[1].item(), abs=1e-5)
+
+
+def test_freeze_backbone_leaves_only_the_head_trainable():
+    recipe = _recipe("test_resnet", {})
+    recipe.model.freeze = "backbone"
+    model, _ = task.build_image_classifier(recipe.model, LABELS, 16)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".fc." in n for n in trainable), trainable
+
+
+def test_unknown_model_name_suggests_the_close_one():
+    recipe = _recipe("resnet1", {})
+    recipe.model.name = "resnett18"
+    with pytest.raises(HftkError, match="did you mean 'resnet18'"):
+        task.build_image_classifier(recipe.model, LABELS, 16)
+
+
+def test_pretrained_weights_offline_give_a_clear_error():
+    recipe = _recipe("resnet18", {})
+    recipe.model.pretrained = True
+    with pytest.raises(HftkError, match="could not fetch the weights"):
+        task.build_image_classifier(recipe.model, LABELS, 32)
+
+
+def test_mnist_5k_test_split_is_fixed_stratified_and_unseen():
+    recipe = load_recipe("image-classification", ["data.validation_size=0.1"])
+    data = load_image_data(recipe.data)
+    assert {k: len(v) for k, v in data.items()} == {"train": 3600, "validation": 400, "test": 1000}
+    assert np.bincount(data["test"]["label"]).tolist() == [100] * 10
+    other = load_image_data(load_recipe("image-classification", ["data.split_seed=7", "data.validation_size=0.1"]).data)
+    fingerprint = lambda ds: sorted(hashlib.sha1(np.asarray(im).tobytes()).hexdigest() for im in ds["image"])  # noqa: E731
+    assert fingerprint(other["test"]) == fingerprint(data["test"])  # the seed moves validation, never test
+    test_set = set(fingerprint(data["test"]))
+    assert not test_set & set(fingerprint(data["train"])) and not test_set & set(fingerprint(data["validation"]))
+    assert len(load_mnist_5k()["train"]) == 4000
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "F", "1"])
+def test_any_image_mode_becomes_8bit_rgb(mode):
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 13, 3), dtype=np.uint8))
+    image = base.convert(mode) if mode not in ("I;16", "F") else Image.fromarray((np.arange(117).reshape(9, 13) * 300).astype(np.uint16 if mode == "I;16" else np.float32))
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (13, 9)
+    if mode in ("I;16", "F"):
+        arr = np.asarray(rgb)
+        assert arr.min() == 0 and arr.max() == 255  # rescaled, not clipped to white
+
+
+def _imagefolder(root, classes=("cat", "dog"), per_class=6, corrupt=0):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i, im in enumerate(_images(per_class, size=20)):
+            im.resize((20 + i, 17)).convert("L" if i % 2 else "RGBA").save(root / c / f"{i}.png")  # odd sizes, modes
+    for i in range(corrupt):
+        (root / classes[0] / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def _folder_recipe(path, **extra):
+    overrides = [f"data.path={path}", "data.name=null", "data.validation_size=0.2", "data.test_size=0.2"]
+    return load_recipe("image-classification", overrides + [f"data.{k}={v}" for k, v in extra.items()])
+
+
+def test_imagefolder_splits_and_labels(tmp_path):
+    data = load_image_data(_folder_recipe(_imagefolder(tmp_path / "pets")).data)
+    assert data["train"].features["label"].names == ["cat", "dog"]
+    assert sum(len(d) for d in data.values()) == 12
+
+
+def test_corrupt_images_are_skipped_with_a_count_or_stop_the_run(tmp_path, caplog):
+    folder = _imagefolder(tmp_path / "pets", corrupt=2)
+    data = load_image_data(_folder_recipe(folder).data)
+    assert sum(len(d) for d in data.values()) == 12
+    assert "skipped 2 unreadable image(s)" in caplog.text
+    with pytest.raises(HftkError, match=r"broken\d.png: not a readable image \(2 such files\)"):
+        load_image_data(_folder_recipe(folder, on_bad_image="error").data)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p.mkdir(), "no images found"),
+        (lambda p: _imagefolder(p, classes=("only",)), "single class"),
+        (lambda p: None, "no such file or folder"),
+    ],
+)
+def test_bad_imagefolders_give_one_clear_line(tmp_path, setup, message):
+    folder = tmp_path / "data"
+    setup(folder)
+    with pytest.raises(HftkError, match=message):
+        load_image_data(_folder_recipe(folder).data)
+
+
+def test_missing_label_column_names_the_columns(tmp_path):
+    folder = _imagefolder(tmp_path / "pets")
+    with pytest.raises(HftkError, match="data.label_column 'species': no such column .* columns: image, label"):
+        load_image_data(_folder_recipe(folder, label_column="species").data)
+
+
+def test_unknown_embedded_dataset_suggests_close_name():
+    with pytest.raises(HftkError, match="did you mean 'mnist-5k'"):
+        load_image_data(load_recipe("image-classification", ["data.name=mnist5k"]).data)
+
+
+def test_mixup_trainer_trains_with_soft_targets():
+    recipe = load_recipe("image-classification", ["data.augment.mixup_alpha=0.4", "data.augment.cutmix_alpha=1.0"])
+    trainer_cls = task.build_trainer_class(recipe)
+    assert trainer_cls.mixup_alpha == 0.4
+    model, _ = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
+    trainer = trainer_cls.__new__(trainer_cls)
+    trainer._mixup = None
+    trainer.args = type("A", (), {"label_smoothing_factor": 0.1})()
+    inputs = {"pixel_values": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0])}
+    model.train()
+    loss = trainer.compute_loss(model, inputs)
+    assert torch.isfinite(loss) and loss.requires_grad
