@@ -334,6 +334,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any or tp is typing.Any:
         return value
+    if value is False and tp is not bool and _accepts_str(tp):
+        value = "no"  # YAML 1.1 reads `eval_strategy: no` as false
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -378,6 +380,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     else:
         return value  # types hftk does not check (TrainingArguments validates them itself)
     raise HftkError(f"{where}: got {value!r} ({type(value).__name__}); expected {_type_name(tp)}")
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        return True
+    return typing.get_origin(tp) in (Union, types.UnionType) and any(_accepts_str(a) for a in typing.get_args(tp))
 
 
 def describe_keys(task_module: Any) -> list[tuple[str, str, str]]:

@@ -36,17 +36,21 @@ BUDGET_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
 def configure_threads(num_workers: int = 0) -> int:
-    """Set torch's intra-op threads from the cores this process may use, leaving room for loader workers.
+    """Set torch's intra-op threads from the cores that are free, leaving room for dataloader workers.
 
-    torch's default (all cores) plus dataloader workers oversubscribes small machines; one detection run
-    here went 33x slower. Under `accelerate launch` the cores are shared by the local processes.
+    torch's default (all cores) on a machine whose cores are busy, or beside dataloader workers,
+    oversubscribes it: one detection run here went 33x slower than with one thread. Free cores are the
+    cores this process may use, shared by the local processes of `accelerate launch`, less the load
+    average of what else runs. ``OMP_NUM_THREADS``, when set, wins.
     """
-    if "OMP_NUM_THREADS" in os.environ:  # the user chose; respect it
+    if "OMP_NUM_THREADS" in os.environ:
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        threads = max(1, cores // max(1, local_processes) - num_workers)
+        cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        free = max(1, round(len(os.sched_getaffinity(0)) - busy)) if hasattr(os, "sched_getaffinity") else cores
+        threads = max(1, min(cores, free) - num_workers)
     torch.set_num_threads(threads)
     return threads
 
@@ -180,6 +184,8 @@ def build_training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArgume
     """TrainingArguments from `train:`, with the budget and checkpoint guard adjustments."""
     values = dict(recipe.train)
     values["save_total_limit"] = None  # CheckpointGuard rotates, after marking checkpoints complete
+    if not torch.cuda.is_available():
+        values.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
     if recipe.budget.minutes:
         if values.get("max_steps", -1) in (-1, None):
             values["max_steps"] = 10**9  # the budget stops training

@@ -13,6 +13,7 @@ os.environ.update(
     HF_HUB_DISABLE_TELEMETRY="1",
     TOKENIZERS_PARALLELISM="false",
     MPLBACKEND="Agg",
+    HF_TOKEN="hf_hftkTestTokenThatMustNeverBeWritten",  # tests check no run file contains it
 )
 
 import pytest  # noqa: E402
