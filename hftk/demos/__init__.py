@@ -19,9 +19,10 @@ def build(run_dir: str | Path):
 
 
 def launch(run_dir: str | Path, host: str | None = None, port: int | None = None, **kwargs):
-    """Build and serve the demo; binds the recipe's ``demo.host`` (127.0.0.1 by default)."""
+    """Build and serve the demo on the recipe's ``demo.host`` (127.0.0.1 by default); returns the Blocks."""
     blocks, recipe = build(run_dir)
     host = host or recipe.demo.host
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("the demo listens on %s: anyone who can reach this machine can use it", host)
-    return blocks.launch(server_name=host, server_port=port or recipe.demo.port, **kwargs)
+    blocks.launch(server_name=host, server_port=port or recipe.demo.port, **kwargs)
+    return blocks
