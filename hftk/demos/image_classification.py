@@ -19,6 +19,7 @@ def _preview(path: str):
     from hftk.data.images import to_rgb
 
     with Image.open(path) as im:
+        im.load()
         image = to_rgb(im)
     factor = max(1, 192 // max(image.size))
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
