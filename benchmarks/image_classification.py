@@ -103,11 +103,22 @@ def _plain_trainer(steps: int, batch: int, out: Path):
         return {"x": torch.stack([f["x"] for f in features]), "y": torch.tensor([f["y"] for f in features])}
 
     args = TrainingArguments(
-        output_dir=str(out / "plain"), max_steps=steps, per_device_train_batch_size=batch, learning_rate=3e-3,
-        optim="adamw_torch", report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10**6,
-        remove_unused_columns=False, disable_tqdm=True, dataloader_pin_memory=False,
+        output_dir=str(out / "plain"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=3e-3,
+        optim="adamw_torch",
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10**6,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
     )
-    return Trainer(model=Wrapped(model), args=args, train_dataset=train_ds.with_transform(to_pixels), data_collator=collate)
+    return Trainer(
+        model=Wrapped(model), args=args, train_dataset=train_ds.with_transform(to_pixels), data_collator=collate
+    )
 
 
 def _hftk_trainer(steps: int, batch: int, out: Path):
@@ -118,9 +129,16 @@ def _hftk_trainer(steps: int, batch: int, out: Path):
 
     recipe = load_recipe(
         QUICKSTART,
-        [f"train.max_steps={steps}", f"train.per_device_train_batch_size={batch}", "budget.minutes=null",
-         "train.eval_strategy=no", "train.save_strategy=no", "train.report_to=[]", "train.disable_tqdm=true",
-         "train.logging_steps=1000000"],
+        [
+            f"train.max_steps={steps}",
+            f"train.per_device_train_batch_size={batch}",
+            "budget.minutes=null",
+            "train.eval_strategy=no",
+            "train.save_strategy=no",
+            "train.report_to=[]",
+            "train.disable_tqdm=true",
+            "train.logging_steps=1000000",
+        ],
     )
     task = get_task(recipe.task)
     data = task.load_data(recipe)
@@ -189,8 +207,13 @@ def demo_latency(run_dir: Path, calls: int) -> dict:
     def pct(values, q):
         return statistics.quantiles(values, n=100)[q - 1]
 
-    return {"demo_p50_ms": pct(demo_ms, 50), "demo_p95_ms": pct(demo_ms, 95), "model_p50_ms": pct(bare_ms, 50),
-            "model_p95_ms": pct(bare_ms, 95), "calls": calls}
+    return {
+        "demo_p50_ms": pct(demo_ms, 50),
+        "demo_p95_ms": pct(demo_ms, 95),
+        "model_p50_ms": pct(bare_ms, 50),
+        "model_p95_ms": pct(bare_ms, 95),
+        "calls": calls,
+    }
 
 
 def write_results(section: str) -> None:
@@ -214,22 +237,45 @@ def main() -> None:
     parser.add_argument("--no-demo", action="store_true")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="hftk-bench-"))
-    lines = ["## Image classification", "", f"Command: `python benchmarks/image_classification.py {' '.join(sys.argv[1:])}`"
-             .replace(" `", " `").rstrip(), f"Machine: {os.cpu_count()} CPU cores, no GPU; date {time.strftime('%Y-%m-%d')}.", ""]
+    lines = [
+        "## Image classification",
+        "",
+        f"Command: `python benchmarks/image_classification.py {' '.join(sys.argv[1:])}`".replace(" `", " `").rstrip(),
+        f"Machine: {os.cpu_count()} CPU cores, no GPU; date {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
     runs = []
     if not args.no_quality:
         runs = quality(args.seeds, out)
         accs = [r["test_accuracy"] for r in runs]
-        lines += ["### Quickstart (resnet-mnist.yaml, budget 1 minute): test accuracy on the 1,000 held-out digits", "",
-                  "| seed | test accuracy | train s | steps | epochs | load avg |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['seed']} | {r['test_accuracy']:.4f} | {r['train_seconds']:.1f} | {r['steps']} | {r['epochs']:.1f} | {r['load']} |" for r in runs]
-        lines += ["", f"min {min(accs):.4f}, mean {statistics.mean(accs):.4f} (target: >= 0.99 within 60 s of training).", ""]
+        lines += [
+            "### Quickstart (resnet-mnist.yaml, budget 1 minute): test accuracy on the 1,000 held-out digits",
+            "",
+            "| seed | test accuracy | train s | steps | epochs | load avg |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['seed']} | {r['test_accuracy']:.4f} | {r['train_seconds']:.1f} | {r['steps']} "
+            f"| {r['epochs']:.1f} | {r['load']} |"
+            for r in runs
+        ]
+        lines += [
+            "",
+            f"min {min(accs):.4f}, mean {statistics.mean(accs):.4f} (target: >= 0.99 within 60 s of training).",
+            "",
+        ]
     if not args.no_throughput:
         t = throughput(args.rounds, args.steps, 64, out)
-        lines += ["### Training throughput: hftk vs a plain Trainer script (same timm resnet18/4, data, batch 64)", "",
-                  "| hftk images/s | plain images/s | ratio (median of rounds) |", "|---|---|---|",
-                  f"| {t['hftk_images_per_s']:.0f} | {t['plain_images_per_s']:.0f} | {t['ratio']:.3f} |", "",
-                  f"{t['rounds']} alternating rounds of {t['steps']} steps (target ratio >= 0.95).", ""]
+        lines += [
+            "### Training throughput: hftk vs a plain Trainer script (same timm resnet18/4, data, batch 64)",
+            "",
+            "| hftk images/s | plain images/s | ratio (median of rounds) |",
+            "|---|---|---|",
+            f"| {t['hftk_images_per_s']:.0f} | {t['plain_images_per_s']:.0f} | {t['ratio']:.3f} |",
+            "",
+            f"{t['rounds']} alternating rounds of {t['steps']} steps (target ratio >= 0.95).",
+            "",
+        ]
     if not args.no_demo:
         run_dir = out / f"quickstart-{args.seeds[0]}"
         if not run_dir.is_dir():
@@ -238,10 +284,16 @@ def main() -> None:
 
             train(load_recipe(QUICKSTART, ["budget.minutes=0.2"]), run_dir)
         d = demo_latency(run_dir, args.calls)
-        lines += ["### Demo latency: one prediction through gradio_client vs the bare processor + model forward", "",
-                  "| demo p50 ms | demo p95 ms | model p50 ms | model p95 ms |", "|---|---|---|---|",
-                  f"| {d['demo_p50_ms']:.1f} | {d['demo_p95_ms']:.1f} | {d['model_p50_ms']:.2f} | {d['model_p95_ms']:.2f} |",
-                  "", f"{d['calls']} calls after a warm-up call.", ""]
+        lines += [
+            "### Demo latency: one prediction through gradio_client vs the bare processor + model forward",
+            "",
+            "| demo p50 ms | demo p95 ms | model p50 ms | model p95 ms |",
+            "|---|---|---|---|",
+            f"| {d['demo_p50_ms']:.1f} | {d['demo_p95_ms']:.1f} | {d['model_p50_ms']:.2f} | {d['model_p95_ms']:.2f} |",
+            "",
+            f"{d['calls']} calls after a warm-up call.",
+            "",
+        ]
     section = "\n".join(lines)
     print(section)
     write_results(section)

@@ -2,6 +2,7 @@
 
 from hftk.config import Recipe, load_recipe
 from hftk.errors import HftkError
+from hftk.models import rnn as _rnn  # noqa: F401  registers hftk_rnn (LSTM/GRU) with AutoConfig/AutoModelForCausalLM
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,6 @@ import yaml
 
 from hftk.errors import HftkError
 
-
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -74,6 +73,9 @@ class EvalConfig:
     split: str = _field("test", "split evaluated after training and by default in `hftk evaluate`")
     batch_size: int = _field(64, "evaluation batch size")
     worst_examples: int = _field(16, "how many of the most confident mistakes to keep")
+    early_stopping_patience: int | None = _field(
+        None, "stop after this many evaluations without improving train.metric_for_best_model (None: off)"
+    )
 
 
 @dataclass
@@ -324,7 +326,14 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     return names.get(origin or tp, getattr(tp, "__name__", str(tp)))
 
 

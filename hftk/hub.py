@@ -25,7 +25,9 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
 
     dataset = recipe.data.name or Path(recipe.data.path or "local").name
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    headline = [k for k in ("accuracy", "top5_accuracy", "f1_macro", "bits_per_byte", "perplexity", "loss") if k in numbers]
+    headline = [
+        k for k in ("accuracy", "top5_accuracy", "f1_macro", "bits_per_byte", "perplexity", "loss") if k in numbers
+    ]
     results = [
         EvalResult(
             task_type=recipe.task,
@@ -95,6 +97,8 @@ def push_run(run_dir: Path, repo_id: str | None, private: bool = True, include_l
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, repo_type="model", ignore_patterns=ignore)
     except (HfHubHTTPError, OSError, ValueError) as err:
-        raise HftkError(f"push to '{repo_id}' failed: {str(err).splitlines()[0]} (log in with `hf auth login`)") from None
+        raise HftkError(
+            f"push to '{repo_id}' failed: {str(err).splitlines()[0]} (log in with `hf auth login`)"
+        ) from None
     logger.info("pushed %s to %s", run_dir, url)
     return str(url)

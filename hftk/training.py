@@ -78,7 +78,9 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    found = [
+        p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
@@ -86,7 +88,10 @@ def is_complete_checkpoint(path: Path) -> bool:
     """True when every file the marker lists is present with its recorded size."""
     try:
         manifest = json.loads((path / COMPLETE_MARKER).read_text())
-        return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in manifest["files"].items())
+        return all(
+            (path / name).is_file() and (path / name).stat().st_size == size
+            for name, size in manifest["files"].items()
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -191,7 +196,9 @@ def build_training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArgume
             values["max_steps"] = 10**9  # the budget stops training
         schedule = values.get("lr_scheduler_type", "linear")
         if schedule not in BUDGET_SCHEDULES:
-            raise HftkError(f"budget.minutes works with train.lr_scheduler_type in {BUDGET_SCHEDULES}; got '{schedule}'")
+            raise HftkError(
+                f"budget.minutes works with train.lr_scheduler_type in {BUDGET_SCHEDULES}; got '{schedule}'"
+            )
         if float(values.get("warmup_steps", 0)) >= 1:
             raise HftkError("budget.minutes: give train.warmup_steps as a fraction of the budget (< 1), e.g. 0.05")
     try:
@@ -204,7 +211,9 @@ def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
     """Log and return (trainable, total) parameter counts: a frozen backbone should never be a surprise."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("parameters: %s trainable of %s (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(1, total))
+    logger.info(
+        "parameters: %s trainable of %s (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(1, total)
+    )
     if trainable == 0:
         raise HftkError("no trainable parameters: model.freeze froze everything; set model.freeze=none")
     return trainable, total
@@ -213,7 +222,13 @@ def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
 def _check_resume_recipe(recipe: Recipe, output_dir: Path) -> None:
     saved = load_recipe(output_dir / "recipe.yaml").to_dict()
     current = recipe.to_dict()
-    changed = [f"{s}.{k}" for s in current if isinstance(current[s], dict) for k in current[s] if current[s].get(k) != (saved.get(s) or {}).get(k)]
+    changed = [
+        f"{s}.{k}"
+        for s in current
+        if isinstance(current[s], dict)
+        for k in current[s]
+        if current[s].get(k) != (saved.get(s) or {}).get(k)
+    ]
     if changed:
         logger.warning("--resume: recipe differs from the run's recipe.yaml in: %s", ", ".join(changed))
 
@@ -266,6 +281,8 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     if resume and state.is_main_process:
         _remove_incomplete_checkpoints(output_dir)
     callbacks = [cb for cb in (budget, CheckpointGuard(recipe.train.get("save_total_limit"), budget)) if cb]
+    if recipe.eval.early_stopping_patience:
+        callbacks.append(_early_stopping(recipe, args))
     trainer = task.build_trainer_class(recipe)(
         model=model,
         args=args,
@@ -287,10 +304,23 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     state.wait_for_everyone()
     if state.is_main_process:
         test_metrics = evaluate_run(output_dir, recipe.eval.split)
-        trainer.save_metrics(recipe.eval.split, {f"{recipe.eval.split}_{k}": v for k, v in test_metrics.items() if _is_number(v)})
+        trainer.save_metrics(
+            recipe.eval.split, {f"{recipe.eval.split}_{k}": v for k, v in test_metrics.items() if _is_number(v)}
+        )
         write_model_card(output_dir, recipe, test_metrics)
     state.wait_for_everyone()
     return output_dir
+
+
+def _early_stopping(recipe: Recipe, args: TrainingArguments) -> TrainerCallback:
+    from transformers import EarlyStoppingCallback
+
+    if not (args.load_best_model_at_end and args.metric_for_best_model) or args.eval_strategy.value == "no":
+        raise HftkError(
+            "eval.early_stopping_patience needs train.load_best_model_at_end=true, train.metric_for_best_model "
+            "and an eval_strategy (steps or epoch) matching save_strategy"
+        )
+    return EarlyStoppingCallback(early_stopping_patience=recipe.eval.early_stopping_patience)
 
 
 def _remove_incomplete_checkpoints(output_dir: Path) -> None:
@@ -311,7 +341,9 @@ def _train_metrics(metrics: dict[str, Any], trainer: Any, num_examples: int) -> 
     metrics = dict(metrics)
     steps = trainer.state.global_step
     runtime = metrics.get("train_runtime") or 1e-9
-    batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    batch = (
+        trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    )
     metrics["train_steps"] = steps
     metrics["train_samples"] = num_examples
     metrics["train_steps_per_second"] = round(steps / runtime, 3)

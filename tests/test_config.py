@@ -28,7 +28,12 @@ def test_task_id_means_its_default_recipe():
 def test_overrides_are_yaml_typed_and_merge_into_sections():
     recipe = load_recipe(
         "image-classification",
-        ["train.learning_rate=3e-4", "train.max_steps=20", "data.augment.hflip=true", "model.model_args.channels=[8,8,8,8]"],
+        [
+            "train.learning_rate=3e-4",
+            "train.max_steps=20",
+            "data.augment.hflip=true",
+            "model.model_args.channels=[8,8,8,8]",
+        ],
     )
     assert recipe.train["learning_rate"] == pytest.approx(3e-4)  # YAML reads 3e-4 as a string; coerced
     assert recipe.train["max_steps"] == 20

@@ -72,8 +72,15 @@ def test_real_browser_uploads_an_image_and_reads_the_label(digits_run, demo_url)
 
     example = sorted((digits_run / "eval" / "examples").glob("*.png"))[1]
     expected_label = Path(example).stem.split("_", 1)[1]  # examples are named <index>_<true label>.png
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = browser.new_page()
@@ -81,7 +88,10 @@ def test_real_browser_uploads_an_image_and_reads_the_label(digits_run, demo_url)
         page.locator("input[type=file]").first.set_input_files(str(example))
         label = page.locator(".output-class, [data-testid=label-output-value]").first
         label.wait_for(timeout=30000)
-        page.wait_for_function("document.querySelector('[data-testid=label-output-value], .output-class')?.textContent.trim().length > 0", timeout=30000)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=label-output-value], .output-class')?.textContent.trim().length > 0",
+            timeout=30000,
+        )
         shown = label.text_content().strip()
         page.screenshot(path=str(digits_run / "eval" / "demo_screenshot.png"), full_page=True)
         browser.close()

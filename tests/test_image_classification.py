@@ -21,7 +21,16 @@ DIGITS = "recipes/image-classification/resnet-digits.yaml"  # a recipe without m
 TINY_MODELS = {
     "timm": ("test_resnet", {}),
     "timm-vit": ("test_vit", {}),
-    "vit": ("vit", {"patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}),
+    "vit": (
+        "vit",
+        {
+            "patch_size": 4,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+    ),
     "resnet": ("resnet", {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1]}),
     "convnext": ("convnext", {"num_stages": 2, "hidden_sizes": [16, 32], "depths": [1, 1]}),
 }
@@ -97,7 +106,9 @@ def test_mnist_5k_test_split_is_fixed_stratified_and_unseen():
     data = load_image_data(recipe.data)
     assert {k: len(v) for k, v in data.items()} == {"train": 3600, "validation": 400, "test": 1000}
     assert np.bincount(data["test"]["label"]).tolist() == [100] * 10
-    other = load_image_data(load_recipe("image-classification", ["data.split_seed=7", "data.validation_size=0.1"]).data)
+    other = load_image_data(
+        load_recipe("image-classification", ["data.split_seed=7", "data.validation_size=0.1"]).data
+    )
     fingerprint = lambda ds: sorted(hashlib.sha1(np.asarray(im).tobytes()).hexdigest() for im in ds["image"])  # noqa: E731
     assert fingerprint(other["test"]) == fingerprint(data["test"])  # the seed moves validation, never test
     test_set = set(fingerprint(data["test"]))
@@ -108,7 +119,11 @@ def test_mnist_5k_test_split_is_fixed_stratified_and_unseen():
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "F", "1"])
 def test_any_image_mode_becomes_8bit_rgb(mode):
     base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 13, 3), dtype=np.uint8))
-    image = base.convert(mode) if mode not in ("I;16", "F") else Image.fromarray((np.arange(117).reshape(9, 13) * 300).astype(np.uint16 if mode == "I;16" else np.float32))
+    image = (
+        base.convert(mode)
+        if mode not in ("I;16", "F")
+        else Image.fromarray((np.arange(117).reshape(9, 13) * 300).astype(np.uint16 if mode == "I;16" else np.float32))
+    )
     rgb = to_rgb(image)
     assert rgb.mode == "RGB" and rgb.size == (13, 9)
     if mode in ("I;16", "F"):

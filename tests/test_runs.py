@@ -28,12 +28,28 @@ DIGITS = "recipes/image-classification/resnet-digits.yaml"
 
 
 def test_run_folder_holds_the_contract(digits_run):
-    for name in ("config.json", "model.safetensors", "recipe.yaml", "all_results.json", "README.md", "trainer_state.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "all_results.json",
+        "README.md",
+        "trainer_state.json",
+    ):
         assert (digits_run / name).is_file(), name
     results = json.loads((digits_run / "all_results.json").read_text())
     assert results["train_samples_per_second"] > 0 and results["train_steps"] == 30
     metrics = json.loads((digits_run / "eval" / "metrics.json").read_text())
-    for key in ("accuracy", "top5_accuracy", "f1_macro", "precision_macro", "recall_macro", "loss", "f1_3", "support_3"):
+    for key in (
+        "accuracy",
+        "top5_accuracy",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "loss",
+        "f1_3",
+        "support_3",
+    ):
         assert key in metrics, key
     assert 0.2 < metrics["accuracy"] <= 1.0  # 30 steps of a tiny net: far above chance (0.1)
     assert results["test_accuracy"] == metrics["accuracy"]
@@ -53,7 +69,9 @@ def test_predict_matches_transformers_pipeline(digits_run, cli):
     code, out, _ = cli("predict", digits_run, example, "--top-k", "3", "--json")
     assert code == 0
     ours = json.loads(out.splitlines()[0])["predictions"]
-    theirs = pipeline("image-classification", model=str(digits_run), device="cpu")(Image.open(example).convert("RGB"), top_k=3)
+    theirs = pipeline("image-classification", model=str(digits_run), device="cpu")(
+        Image.open(example).convert("RGB"), top_k=3
+    )
     assert [p["label"] for p in ours] == [p["label"] for p in theirs]
     assert [p["score"] for p in ours] == pytest.approx([p["score"] for p in theirs], abs=1e-6)
 
@@ -117,8 +135,16 @@ def test_budget_schedule_follows_the_clock():
 
 def test_budget_run_stops_on_time_with_decaying_lr(cli, tmp_path):
     code, _, err = cli(
-        "-q", "train", DIGITS, "budget.minutes=0.1", "train.lr_scheduler_type=linear", "train.eval_strategy=no",
-        "train.save_strategy=no", "train.logging_steps=1", "--output-dir", tmp_path / "run",
+        "-q",
+        "train",
+        DIGITS,
+        "budget.minutes=0.1",
+        "train.lr_scheduler_type=linear",
+        "train.eval_strategy=no",
+        "train.save_strategy=no",
+        "train.logging_steps=1",
+        "--output-dir",
+        tmp_path / "run",
     )
     assert code == 0, err
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
@@ -145,9 +171,20 @@ def test_threads_follow_free_cores_and_local_processes(monkeypatch):
 
 def _train_command(run_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "hftk", "train", DIGITS, "train.max_steps=24", "train.save_strategy=steps",
-        "train.save_steps=4", "train.eval_strategy=no", "train.save_total_limit=2", "train.disable_tqdm=true",
-        "--output-dir", str(run_dir), *extra,
+        sys.executable,
+        "-m",
+        "hftk",
+        "train",
+        DIGITS,
+        "train.max_steps=24",
+        "train.save_strategy=steps",
+        "train.save_steps=4",
+        "train.eval_strategy=no",
+        "train.save_total_limit=2",
+        "train.disable_tqdm=true",
+        "--output-dir",
+        str(run_dir),
+        *extra,
     ]
 
 
@@ -159,7 +196,9 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     """Kill training hard after a checkpoint, resume, and compare with an uninterrupted run."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_command(straight), check=True, env=_env(), cwd=ROOT, capture_output=True)
-    proc = subprocess.Popen(_train_command(killed), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_command(killed), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (killed / "checkpoint-8" / COMPLETE_MARKER).exists():
         time.sleep(0.02)

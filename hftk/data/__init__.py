@@ -61,9 +61,7 @@ def finalize_splits(
     so the test split never depends on the validation setting. Class-labelled data is split stratified.
     """
     if cfg.train_split not in splits:
-        raise HftkError(
-            f"data.train_split '{cfg.train_split}': no such split; the data set has: {', '.join(splits)}"
-        )
+        raise HftkError(f"data.train_split '{cfg.train_split}': no such split; the data set has: {', '.join(splits)}")
     train = splits[cfg.train_split]
     stratify = stratify_column if _is_class_label(train, stratify_column) else None
     test = splits.get(cfg.test_split) if cfg.test_split else None

@@ -105,7 +105,9 @@ def _standard_columns(ds: Dataset, cfg, split: str) -> Dataset:
 def _check_classes(split: str, ds: Dataset) -> None:
     if split == "train" and len(set(ds["label"])) < 2:
         names = ds.features["label"].names
-        raise HftkError(f"data: the train split has a single class ({names[0] if names else '?'}); classification needs at least 2")
+        raise HftkError(
+            f"data: the train split has a single class ({names[0] if names else '?'}); classification needs at least 2"
+        )
 
 
 def _readable(example: dict) -> dict:
@@ -126,7 +128,9 @@ def drop_unreadable(ds: Dataset, policy: str) -> Dataset:
     if not bad:
         return ds
     if policy == "error":
-        raise HftkError(f"{bad[0]}: not a readable image ({len(bad)} such files); fix or remove it, or set data.on_bad_image=skip")
+        raise HftkError(
+            f"{bad[0]}: not a readable image ({len(bad)} such files); fix or remove it, or set data.on_bad_image=skip"
+        )
     logger.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(bad[:3]))
     keep = [i for i, ok in enumerate(checked["_ok"]) if ok]
     return ds.select(keep)

@@ -41,7 +41,9 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
 
 def require_model(run_dir: Path) -> None:
     if not (run_dir / "config.json").is_file():
-        raise HftkError(f"run folder '{run_dir}': no trained model yet (training unfinished? use `hftk train --resume`)")
+        raise HftkError(
+            f"run folder '{run_dir}': no trained model yet (training unfinished? use `hftk train --resume`)"
+        )
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, Any]:

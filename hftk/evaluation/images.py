@@ -28,7 +28,9 @@ def plot_confusion_matrix(matrix: list[list[int]], names: list[str], out_png: Pa
     side = min(16, 2 + 0.45 * len(names))
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(m, cmap="Blues")
-    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set(
+        xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title="confusion matrix"
+    )
     ax.set_xticklabels(names, rotation=90 if len(names) > 10 else 0)
     ax.set_yticklabels(names)
     if len(names) <= 30:
@@ -39,13 +41,20 @@ def plot_confusion_matrix(matrix: list[list[int]], names: list[str], out_png: Pa
     plt.close(fig)
 
 
-def write_worst_examples(images: list, refs: np.ndarray, probs: np.ndarray, names: list[str], out: Path, n: int) -> list[dict]:
+def write_worst_examples(
+    images: list, refs: np.ndarray, probs: np.ndarray, names: list[str], out: Path, n: int
+) -> list[dict]:
     """The ``n`` most confident mistakes as ``worst_examples.jsonl`` and a thumbnail grid PNG."""
     preds = probs.argmax(axis=1)
     wrong = np.flatnonzero(preds != refs)
     order = wrong[np.argsort(-probs[wrong, preds[wrong]])][:n]
     rows = [
-        {"index": int(i), "true": names[refs[i]], "predicted": names[preds[i]], "confidence": round(float(probs[i, preds[i]]), 4)}
+        {
+            "index": int(i),
+            "true": names[refs[i]],
+            "predicted": names[preds[i]],
+            "confidence": round(float(probs[i, preds[i]]), 4),
+        }
         for i in order
     ]
     (out / "worst_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -82,14 +91,18 @@ def save_examples(images: list, refs: np.ndarray, names: list[str], out: Path, n
         to_rgb(images[i]).save(out / f"{i:05d}_{names[refs[i]]}.png".replace("/", "_"))
 
 
-def write_report(path: Path, recipe: Any, metrics: dict, headline: list[str], names: list[str], worst: list[dict]) -> None:
+def write_report(
+    path: Path, recipe: Any, metrics: dict, headline: list[str], names: list[str], worst: list[dict]
+) -> None:
     per_class = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for name in names:
         per_class.append(
             f"| {name} | {metrics[f'precision_{name}']:.3f} | {metrics[f'recall_{name}']:.3f} | "
             f"{metrics[f'f1_{name}']:.3f} | {metrics[f'support_{name}']} |"
         )
-    mistakes = [f"- #{w['index']}: true {w['true']}, predicted {w['predicted']} ({w['confidence']:.2f})" for w in worst]
+    mistakes = [
+        f"- #{w['index']}: true {w['true']}, predicted {w['predicted']} ({w['confidence']:.2f})" for w in worst
+    ]
     text = [
         f"# Evaluation of {recipe.name} on the {metrics['split']} split ({metrics['num_examples']} images)",
         "",

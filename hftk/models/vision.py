@@ -72,7 +72,9 @@ def _build_timm(cfg: ModelConfig, label_kwargs: dict, image_size: int | None) ->
     import timm
 
     try:
-        timm_model = timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=label_kwargs["num_labels"], **cfg.model_args)
+        timm_model = timm.create_model(
+            cfg.name, pretrained=cfg.pretrained, num_classes=label_kwargs["num_labels"], **cfg.model_args
+        )
     except TypeError as err:
         raise HftkError(f"model.model_args: {err} (they are passed to timm.create_model('{cfg.name}'))") from None
     except Exception as err:  # download failures surface as OSError, LocalEntryNotFoundError, ...
@@ -108,7 +110,9 @@ def _build_from_config(cfg: ModelConfig, label_kwargs: dict, image_size: int | N
         config = AutoConfig.for_model(cfg.name, **overrides)
         model = AutoModelForImageClassification.from_config(config)
     except (TypeError, ValueError, IndexError, KeyError) as err:  # inconsistent config fields
-        raise HftkError(f"model.model_args for '{cfg.name}': {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise HftkError(
+            f"model.model_args for '{cfg.name}': {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
     processor = ViTImageProcessor(
         size={"height": size, "width": size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
     )
@@ -128,7 +132,8 @@ def _from_pretrained(cfg: ModelConfig, name: str, label_kwargs: dict) -> tuple[A
         processor = AutoImageProcessor.from_pretrained(name, **hub)
     except (OSError, ValueError) as err:
         raise HftkError(
-            f"model.name '{name}': cannot load it ({str(err).strip().splitlines()[0][:200]}); expected a folder written "
+            f"model.name '{name}': cannot load it ({str(err).strip().splitlines()[0][:200]}); expected a folder "
+            "written "
             "by save_pretrained (with model.safetensors) or a reachable Hub id"
         ) from None
     return model, processor

@@ -27,6 +27,7 @@ from hftk.errors import HftkError
 # dependencies never slow down another's.
 TASKS: dict[str, str] = {
     "image-classification": "hftk.tasks.image_classification",
+    "text-generation": "hftk.tasks.text_generation",
 }
 
 

@@ -17,7 +17,7 @@ from transformers import Trainer
 from hftk.config import RECIPES_DIR, DataConfig, Recipe, _field
 from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, to_rgb
 from hftk.errors import HftkError
-from hftk.evaluation import eval_dir, load_metric, metrics_table, plot_learning_curves, read_metrics, write_metrics
+from hftk.evaluation import eval_dir, load_metric, plot_learning_curves, read_metrics, write_metrics
 from hftk.models.vision import build_image_classifier, processor_spec
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ class AugmentConfig:
     scale: list[float] | None = _field(None, "RandomAffine: scale range [min, max]")
     randaugment: bool = _field(False, "RandAugment (2 ops)")
     randaugment_magnitude: int = _field(9, "RandAugment magnitude (0-30)")
-    mixup_alpha: float = _field(0.0, "mixup alpha (0: off); soft targets, label smoothing from train.label_smoothing_factor")
+    mixup_alpha: float = _field(
+        0.0, "mixup alpha (0: off); soft targets, label smoothing from train.label_smoothing_factor"
+    )
     cutmix_alpha: float = _field(0.0, "cutmix alpha (0: off)")
 
 
@@ -80,7 +82,9 @@ class TrainTransform:
             ops += [v2.Resize(size), v2.CenterCrop(size)]
         if aug.degrees or aug.translate or aug.scale:
             translate = (aug.translate, aug.translate) if aug.translate else None
-            ops.append(v2.RandomAffine(aug.degrees, translate=translate, scale=tuple(aug.scale) if aug.scale else None))
+            ops.append(
+                v2.RandomAffine(aug.degrees, translate=translate, scale=tuple(aug.scale) if aug.scale else None)
+            )
         if aug.hflip:
             ops.append(v2.RandomHorizontalFlip())
         if aug.randaugment:

@@ -1,0 +1,133 @@
+"""Training options users reach for: optimizers, early stopping, many processes, Hub data layouts, push."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from PIL import Image as PILImage
+
+from hftk.config import load_recipe
+from hftk.data.images import load_image_data
+from hftk.errors import HftkError
+from hftk.hub import push_run
+from hftk.training import build_training_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = "recipes/image-classification/resnet-digits.yaml"
+
+
+@pytest.mark.parametrize(
+    "optim, expected", [("sgd", "SGD"), ("adamw_torch", "AdamW"), ("rmsprop", "RMSprop"), ("adafactor", "Adafactor")]
+)
+def test_train_optim_picks_the_optimizer(optim, expected, tmp_path):
+    from transformers import Trainer
+
+    from hftk.tasks import image_classification as task
+
+    recipe = load_recipe(DIGITS, [f"train.optim={optim}", "train.eval_strategy=no"])
+    model, _ = task.build_image_classifier(recipe.model, ["a", "b"], 8)
+    trainer = Trainer(model=model, args=build_training_arguments(recipe, tmp_path))
+    assert type(trainer.create_optimizer()).__name__ == expected
+
+
+def test_early_stopping_stops_when_the_metric_stalls(cli, tmp_path):
+    code, _, err = cli(
+        "-q",
+        "train",
+        DIGITS,
+        "train.learning_rate=0.0",
+        "train.num_train_epochs=20",
+        "train.load_best_model_at_end=true",
+        "eval.early_stopping_patience=2",
+        "train.logging_steps=100",
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert code == 0, err
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["epoch"] <= 4  # lr 0: accuracy never improves, so 1 + patience evaluations then stop
+
+
+def test_early_stopping_without_best_model_is_a_clear_error(cli, tmp_path):
+    code, _, err = cli("train", DIGITS, "eval.early_stopping_patience=2", "--output-dir", tmp_path / "run")
+    assert code == 2 and "load_best_model_at_end" in err
+
+
+def test_hub_style_dataset_with_other_columns_and_no_validation(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [PILImage.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8), mode="L") for _ in range(40)]
+    features = Features({"img": Image(), "fine_label": ClassLabel(names=["x", "y"]), "extra": ClassLabel(names=["u"])})
+    ds = Dataset.from_dict(
+        {"img": images, "fine_label": [i % 2 for i in range(40)], "extra": [0] * 40}, features=features
+    )
+    DatasetDict(train=ds.select(range(30)), test=ds.select(range(30, 40))).save_to_disk(tmp_path / "hubcopy")
+    recipe = load_recipe(
+        DIGITS,
+        [
+            f"data.path={tmp_path / 'hubcopy'}",
+            "data.name=null",
+            "data.image_column=img",
+            "data.label_column=fine_label",
+            "data.validation_size=0.2",
+        ],
+    )
+    data = load_image_data(recipe.data)
+    assert {k: len(v) for k, v in data.items()} == {"train": 24, "validation": 6, "test": 10}
+    assert data["train"].column_names == ["image", "label"]
+    assert np.bincount(data["validation"]["label"]).tolist() == [3, 3]  # stratified carve
+
+
+def test_push_uploads_the_run_without_checkpoints_or_token(digits_run, monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls["create"] = (repo_id, kwargs)
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            calls["upload"] = kwargs
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    url = push_run(digits_run, "someone/digits", private=True)
+    assert url.endswith("someone/digits") and calls["create"][1]["private"] is True
+    upload = calls["upload"]
+    assert upload["folder_path"] == str(digits_run) and "checkpoint-*" in upload["ignore_patterns"]
+    assert "token" not in upload
+    with pytest.raises(HftkError, match="no repo id"):
+        push_run(digits_run, None)
+
+
+def test_accelerate_launch_two_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "recipes/accelerate/cpu-2proc.yaml",
+        "-m",
+        "hftk",
+        "-q",
+        "train",
+        DIGITS,
+        "train.max_steps=4",
+        "train.save_strategy=steps",
+        "train.save_steps=2",
+        "train.eval_strategy=no",
+        "train.disable_tqdm=true",
+        "--output-dir",
+        str(run_dir),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("open the demo") == 1  # only the main process reports
+    args = json.loads((run_dir / "all_results.json").read_text())
+    assert args["train_steps"] == 4 and (run_dir / "checkpoint-4" / "hftk-complete.json").is_file()
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["num_examples"] == 360
