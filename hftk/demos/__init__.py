@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hftk.errors import HftkError
 from hftk.evaluation import load_run_recipe, require_model
 from hftk.tasks import get_task
 
@@ -26,3 +27,21 @@ def launch(run_dir: str | Path, host: str | None = None, port: int | None = None
         logger.warning("the demo listens on %s: anyone who can reach this machine can use it", host)
     blocks.launch(server_name=host, server_port=port or recipe.demo.port, **kwargs)
     return blocks
+
+
+def app_main(description: str, argv: list[str] | None = None) -> int:
+    """The body of every ``apps/<task>.py``: parse a run folder (default ``.``, as on a Space) and serve it."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run_dir", nargs="?", default=".", help="run folder (default: this folder, as on a Space)")
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    args = parser.parse_args(argv)
+    try:
+        launch(args.run_dir, host=args.host, port=args.port)
+    except HftkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
