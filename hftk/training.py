@@ -36,21 +36,18 @@ BUDGET_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
 def configure_threads(num_workers: int = 0) -> int:
-    """Set torch's intra-op threads from the cores that are free, leaving room for dataloader workers.
+    """Set torch's intra-op threads from the cores this process may use, leaving room for dataloader workers.
 
-    torch's default (all cores) on a machine whose cores are busy, or beside dataloader workers,
-    oversubscribes it: one detection run here went 33x slower than with one thread. Free cores are the
-    cores this process may use, shared by the local processes of `accelerate launch`, less the load
-    average of what else runs. ``OMP_NUM_THREADS``, when set, wins.
+    torch's default plus dataloader workers oversubscribes a small machine (one detection run here went 33x
+    slower). Cores are shared by the local processes of `accelerate launch`; ``OMP_NUM_THREADS`` wins when
+    set. Other busy programs are handled by passive OpenMP waiting (see ``hftk/__init__.py``), not by
+    guessing from the load average, which lags by a minute and starved runs that began after a busy one.
     """
     if "OMP_NUM_THREADS" in os.environ:
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        free = max(1, round(len(os.sched_getaffinity(0)) - busy)) if hasattr(os, "sched_getaffinity") else cores
-        threads = max(1, min(cores, free) - num_workers)
+        threads = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - num_workers)
     torch.set_num_threads(threads)
     return threads
 

