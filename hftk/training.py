@@ -43,7 +43,7 @@ def configure_threads(num_workers: int = 0) -> int:
     set. Other busy programs are handled by passive OpenMP waiting (see ``hftk/__init__.py``), not by
     guessing from the load average, which lags by a minute and starved runs that began after a busy one.
     """
-    if "OMP_NUM_THREADS" in os.environ:
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
