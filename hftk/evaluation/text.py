@@ -1,0 +1,153 @@
+"""Language-model evaluation: loss, perplexity and bits per byte; samples at each evaluation; report.md.
+
+Bits per byte = total nats over a split / ln 2 / the split's UTF-8 bytes. Unlike loss and perplexity it
+does not depend on the tokenizer, so models with different vocabularies, and compressors, compare on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from hftk.evaluation import metrics_table
+
+logger = logging.getLogger(__name__)
+
+
+def language_model_metrics(total_nats: float, num_tokens: int, num_bytes: int) -> dict[str, float]:
+    """Loss (nats per token), perplexity and bits per byte from totals over a split."""
+    loss = total_nats / max(1, num_tokens)
+    return {
+        "bits_per_byte": total_nats / math.log(2) / max(1, num_bytes),
+        "perplexity": math.exp(min(loss, 50.0)),
+        "loss": loss,
+        "num_tokens": int(num_tokens),
+        "num_bytes": int(num_bytes),
+    }
+
+
+def window_nats(logits: torch.Tensor, labels: torch.Tensor, byte_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Per window: [summed nats, predicted tokens, bytes of the predicted tokens] (labels shifted as in the model)."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    valid = targets != -100
+    safe = targets.clamp(min=0)
+    nats = torch.nn.functional.cross_entropy(logits.transpose(1, 2), safe, reduction="none") * valid
+    count = valid.sum(-1)
+    nbytes = (byte_lengths.to(safe.device)[safe] * valid).sum(-1) if byte_lengths is not None else count
+    return torch.stack([nats.sum(-1), count.float(), nbytes.float()], dim=-1)
+
+
+@torch.no_grad()
+def score_windows(model: Any, windows: list[dict], batch_size: int, collate: Any) -> tuple[float, int]:
+    """Total nats and predicted tokens of ``windows`` (from ``hftk.data.lm.eval_windows``)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        batch = collate(windows[start : start + batch_size])
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        sums = window_nats(logits, labels)
+        total += float(sums[:, 0].double().sum())
+        tokens += int(sums[:, 1].sum())
+    return total, tokens
+
+
+@torch.no_grad()
+def generate_samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[dict]:
+    """One sampled continuation per prompt (temperature 0.8, top-p 0.95, fixed seed: comparable over steps)."""
+    was_training = model.training
+    model.eval()
+    samples = []
+    for prompt in prompts:
+        torch.manual_seed(seed)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        eos = torch.tensor([[tokenizer.eos_token_id]])
+        ids = torch.cat([eos, ids], dim=1)  # start as a document starts in the token stream
+        out = model.generate(
+            input_ids=ids.to(model.device),
+            attention_mask=torch.ones_like(ids).to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.95,
+            top_k=0,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        samples.append({"prompt": prompt, "continuation": text})
+    model.train(was_training)
+    return samples
+
+
+class SampleCallback(TrainerCallback):
+    """At each evaluation: sample from fixed prompts, log them to TensorBoard and ``<run>/samples.jsonl``."""
+
+    def __init__(self, tokenizer: Any, prompts: list[str], max_new_tokens: int):
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.max_new_tokens = max_new_tokens
+        self.tensorboard = None  # the Trainer's TensorBoardCallback, when reporting to TensorBoard
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or model is None or not self.prompts:
+            return
+        samples = generate_samples(model, self.tokenizer, self.prompts, self.max_new_tokens)
+        with open(Path(args.output_dir) / "samples.jsonl", "a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": state.global_step, **s}) + "\n")
+        writer = getattr(self.tensorboard, "tb_writer", None)  # set by the Trainer (TensorBoardCallback)
+        if writer is not None:
+            text = "\n\n".join(f"**{s['prompt']}**{s['continuation']}".replace("\n", "  \n") for s in samples)
+            writer.add_text("samples", text, state.global_step)
+            writer.flush()
+
+
+def write_report(
+    path: Path, recipe: Any, metrics: dict, headline: list[str], samples: list[dict], history: list
+) -> None:
+    """``report.md``: headline metrics, final samples, and the first prompt's samples over training."""
+    lines = [
+        f"# {recipe.name}: {metrics['split']} split",
+        "",
+        f"`{recipe.model.name}` on `{recipe.data.name or recipe.data.path}`: {metrics['num_tokens']:,} tokens, "
+        f"{metrics['num_bytes']:,} bytes ({metrics['num_bytes'] / max(1, metrics['num_tokens']):.2f} bytes/token).",
+        "Bits per byte = total nats / ln 2 / UTF-8 bytes of the split (lower is better; comparable across "
+        "tokenizers and with compressors).",
+        "",
+        metrics_table(metrics, headline),
+        "",
+        "## Samples (temperature 0.8, top-p 0.95, seed 0)",
+        "",
+    ]
+    for s in samples:
+        lines += [f"**Prompt:** `{s['prompt']}`", "", "```text", s["prompt"] + s["continuation"], "```", ""]
+    if history:
+        lines += ["## Samples during training (first prompt)", "", "| step | text |", "|---|---|"]
+        for row in history:
+            text = (row["prompt"] + row["continuation"]).replace("\n", " ").replace("|", "\\|")[:200]
+            lines.append(f"| {row['step']} | {text} |")
+        lines.append("")
+    lines += ["![learning curves](learning_curves.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def read_sample_history(run_dir: Path) -> list[dict]:
+    """The samples logged during training for the first prompt, one per evaluation step."""
+    path = run_dir / "samples.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    first = rows[0]["prompt"] if rows else None
+    return [r for r in rows if r["prompt"] == first]
+
+
+def total_bytes(texts: list[str]) -> int:
+    return int(np.sum([len(t.encode("utf-8")) for t in texts])) if texts else 0

@@ -1,0 +1,315 @@
+"""Text generation: GPT-style decoders and LSTM/GRU language models, trained from scratch or fine-tuned.
+
+Data: the embedded ``python-docs`` prose, local text/jsonl/csv, or a Hub dataset (``hftk/data/text.py``).
+From scratch, a byte-level BPE tokenizer is trained on the training split and saved in the run; a
+pretrained model brings its own. The headline metric is bits per byte on the test split.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import Trainer
+
+from hftk.config import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, _field
+from hftk.data import lm
+from hftk.data.text import load_text_data
+from hftk.errors import HftkError
+from hftk.evaluation import eval_dir, plot_learning_curves, read_metrics, write_metrics
+from hftk.evaluation import text as report
+from hftk.models.text import RNN_CELLS, StopFlag, build_causal_lm, check_block_size, context_length, load_pretrained
+
+logger = logging.getLogger(__name__)
+
+TASK = "text-generation"
+DEFAULT_RECIPE = RECIPES_DIR / TASK / "gpt-python-docs.yaml"
+HEADLINE = ["bits_per_byte", "perplexity", "loss"]
+TRAIN_DEFAULTS = {"metric_for_best_model": "bits_per_byte", "greater_is_better": False}
+
+
+@dataclass
+class TextModelConfig(ModelConfig):
+    """The language model: gpt2 (or any transformers model type) from a config, lstm, gru, or pretrained."""
+
+    name: str = _field("gpt2", "lstm, gru, a transformers model type (gpt2, llama...), a Hub id or a local folder")
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    """Text: embedded python-docs, a .txt file or folder, jsonl/csv with a text column, or a Hub dataset."""
+
+    name: str | None = _field("python-docs", "python-docs (embedded) or a Hub dataset id (e.g. Salesforce/wikitext)")
+    text_column: str = _field("text", "column holding the text (jsonl, csv, Hub datasets)")
+    encoding_errors: Literal["strict", "replace"] = _field(
+        "strict", "files that are not UTF-8: stop, or replace bad bytes"
+    )
+    block_size: int = _field(256, "tokens per training example (at most the model's context)")
+    packing: bool = _field(True, "pack the token stream into full blocks; false: one example per document")
+    random_offsets: bool = _field(True, "packed blocks start anywhere in the stream (differs every epoch)")
+    eval_stride: int | None = _field(None, "new tokens scored per evaluation window (None: block_size/2)")
+    vocab_size: int = _field(4096, "size of the byte-level BPE vocabulary trained on the training split")
+    min_frequency: int = _field(2, "BPE: pairs seen fewer times are not merged")
+    tokenizer: str | None = _field(None, "use this tokenizer (folder or Hub id) instead of training one")
+
+
+@dataclass
+class TextEvalConfig(EvalConfig):
+    """Evaluation: bits per byte on the split, and samples from fixed prompts."""
+
+    batch_size: int = _field(16, "evaluation batch size (windows of block_size tokens)")
+    prompts: list[str] = _field(
+        ["The", "A function", "If the"], "prompts sampled at each evaluation and in the report"
+    )
+    sample_tokens: int = _field(48, "tokens generated per prompt sample")
+
+
+CONFIG_CLASSES = {"model": TextModelConfig, "data": TextDataConfig, "eval": TextEvalConfig}
+
+
+def load_data(recipe: Recipe) -> DatasetDict:
+    return load_text_data(recipe.data)
+
+
+def _check_data(recipe: Recipe) -> None:
+    cfg = recipe.data
+    if cfg.block_size < 2:
+        raise HftkError(f"data.block_size {cfg.block_size}: expected at least 2 tokens")
+    if cfg.vocab_size < 257 and not (recipe.model.pretrained or cfg.tokenizer):
+        raise HftkError(f"data.vocab_size {cfg.vocab_size}: a byte-level BPE needs more than 256 tokens (try 4096)")
+
+
+def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
+    """Pretrained weights and tokenizer, or a random-init model with a BPE tokenizer trained on ``train``."""
+    _check_data(recipe)
+    if recipe.model.pretrained:
+        model, tokenizer = load_pretrained(recipe.model)
+        check_block_size(model.config, recipe.data.block_size)
+        return model, tokenizer
+    if recipe.data.tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer)
+        except (OSError, ValueError) as err:
+            raise HftkError(f"data.tokenizer '{recipe.data.tokenizer}': cannot load it ({err})") from None
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    else:
+        tokenizer = lm.train_bpe_tokenizer(data["train"]["text"], recipe.data.vocab_size, recipe.data.min_frequency)
+    model = build_causal_lm(recipe.model, tokenizer, recipe.data.block_size)
+    return model, tokenizer
+
+
+def _is_recurrent(recipe: Recipe) -> bool:
+    return recipe.model.name in RNN_CELLS or "hftk_rnn" in _read_config_text(recipe.model.name)
+
+
+def _read_config_text(name: str) -> str:
+    path = Path(name) / "config.json"
+    return path.read_text() if path.is_file() else ""
+
+
+def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> DatasetDict:
+    """Training blocks (packed, or one per document) and evaluation windows that score every token once."""
+    cfg = recipe.data
+    stride = cfg.eval_stride or max(1, cfg.block_size // 2)
+    if cfg.packing:
+        stream = lm.token_stream(processor, data["train"]["text"])
+        train = lm.PackedBlocks(stream, cfg.block_size, cfg.random_offsets)
+        logger.info("train: %s tokens in %d blocks of %d", f"{len(stream):,}", len(train), train.block_size)
+    else:
+        flatten = not _is_recurrent(recipe)  # GPT-style models take position_ids; recurrent ones get padding
+        train = Dataset.from_list(lm.document_examples(processor, data["train"]["text"], cfg.block_size, flatten))
+    out = {"train": train}
+    for split in ("validation", "test"):
+        out[split] = Dataset.from_list(
+            lm.eval_windows(lm.token_stream(processor, data[split]["text"]), cfg.block_size, stride)
+        )
+    return out
+
+
+collate = lm.collate
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """Bits per byte and perplexity from per-window [nats, tokens, bytes] (see ``TextGenerationTrainer``)."""
+    sums = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3).sum(axis=0)
+    metrics = report.language_model_metrics(sums[0], int(sums[1]), int(sums[2]))
+    return {"bits_per_byte": metrics["bits_per_byte"], "perplexity": metrics["perplexity"]}
+
+
+class TextGenerationTrainer(Trainer):
+    """Trainer that reduces evaluation logits to per-window sums (no vocabulary-sized arrays kept) and samples
+    from fixed prompts at each evaluation (TensorBoard and ``samples.jsonl``)."""
+
+    prompts: list[str] = []
+    sample_tokens = 48
+
+    def __init__(self, *args, **kwargs):
+        from transformers.integrations import TensorBoardCallback
+
+        kwargs.setdefault("preprocess_logits_for_metrics", self._window_nats)
+        super().__init__(*args, **kwargs)
+        self._byte_lengths = torch.from_numpy(lm.token_byte_lengths(self.processing_class))
+        sampler = report.SampleCallback(self.processing_class, list(self.prompts), self.sample_tokens)
+        tensorboard = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)]
+        sampler.tensorboard = tensorboard[0] if tensorboard else None
+        self.add_callback(sampler)
+
+    def _window_nats(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return report.window_nats(logits, labels, self._byte_lengths)
+
+
+def build_trainer_class(recipe: Recipe) -> type[Trainer]:
+    attrs = {"prompts": list(recipe.eval.prompts), "sample_tokens": recipe.eval.sample_tokens}
+    return type("TextGenerationTrainer", (TextGenerationTrainer,), attrs)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
+    """The run's final model and tokenizer, loaded as any transformers user would (after ``import hftk``).
+
+    Cached per run folder and config.json time, so a run trained again in the same process is reloaded.
+    """
+    config = Path(run_dir) / "config.json"  # rewritten with every save_pretrained
+    return _load_run_model(str(run_dir), config.stat().st_mtime_ns if config.is_file() else 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return model, tokenizer
+
+
+def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]:
+    """Bits per byte, perplexity and loss on ``split``; writes metrics.json, report.md, learning curves."""
+    out = eval_dir(run_dir, split, recipe.eval.split)
+    texts = load_data(recipe)[split]["text"]
+    model, tokenizer = load_run_model(str(run_dir))
+    block = min(recipe.data.block_size, context_length(model.config) or recipe.data.block_size)
+    windows = lm.eval_windows(lm.token_stream(tokenizer, texts), block, recipe.data.eval_stride or block // 2)
+    nats, tokens = report.score_windows(model, windows, recipe.eval.batch_size, lm.collate)
+    metrics = report.language_model_metrics(nats, tokens, report.total_bytes(texts))
+    metrics.update(split=split, num_examples=len(texts), block_size=block)
+    write_metrics(out, metrics)
+    plot_learning_curves(run_dir, out / "learning_curves.png", "bits_per_byte")
+    samples = report.generate_samples(model, tokenizer, list(recipe.eval.prompts), recipe.eval.sample_tokens)
+    report.write_report(out / "report.md", recipe, metrics, HEADLINE, samples, report.read_sample_history(run_dir))
+    logger.info("%s on %s: %s", recipe.name, split, {k: round(metrics[k], 4) for k in HEADLINE})
+    return metrics
+
+
+def _prompt_ids(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> torch.Tensor:
+    """``[eos] + prompt`` as the model saw documents start; a prompt too long for the context keeps its end."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.eos_token_id, *ids] if tokenizer.eos_token_id is not None else ids
+    context = context_length(model.config)
+    if context is not None:
+        if max_new_tokens >= context:
+            raise HftkError(f"max_new_tokens {max_new_tokens}: the model's context is {context} tokens; ask for fewer")
+        room = context - max_new_tokens
+        if len(ids) > room:
+            logger.warning(
+                "prompt of %d tokens is longer than the context leaves room for; keeping its last %d", len(ids), room
+            )
+            ids = ids[-room:]
+    return torch.tensor([ids])
+
+
+def generation_options(max_new_tokens=100, temperature=0.8, top_k=None, top_p=0.95, repetition_penalty=None) -> dict:
+    """``generate()`` keyword arguments from the CLI/demo options, checked (temperature 0 means greedy)."""
+    if max_new_tokens is None or max_new_tokens < 1:
+        raise HftkError(f"max_new_tokens {max_new_tokens}: expected a positive number of tokens")
+    if temperature is not None and temperature < 0:
+        raise HftkError(f"temperature {temperature}: expected 0 (greedy) or more")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise HftkError(f"top_p {top_p}: expected a probability in (0, 1]")
+    if top_k is not None and top_k < 0:
+        raise HftkError(f"top_k {top_k}: expected 0 (off) or a positive number")
+    if repetition_penalty is not None and repetition_penalty <= 0:
+        raise HftkError(f"repetition_penalty {repetition_penalty}: expected a positive number (1: none)")
+    options: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "repetition_penalty": repetition_penalty or 1.0}
+    if not temperature:
+        return {**options, "do_sample": False}
+    return {**options, "do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
+
+
+def iter_generate(
+    run_dir: str | Path, prompt: str, stop: threading.Event | None = None, seed=None, **options
+) -> Iterator[str]:
+    """Yield the continuation of ``prompt`` piece by piece as tokens are generated (``stop`` ends it early)."""
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    kwargs = generation_options(**options)
+    model, tokenizer = load_run_model(str(run_dir))
+    ids = _prompt_ids(model, tokenizer, prompt, kwargs["max_new_tokens"])
+    stop = stop or threading.Event()
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+
+    def run() -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.no_grad():
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([StopFlag(stop)]),
+                pad_token_id=tokenizer.pad_token_id,
+                **kwargs,
+            )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield from streamer
+    finally:
+        stop.set()  # the consumer went away (stop button, closed pipe): end generation
+        thread.join()
+
+
+def predict(run_dir: str | Path, inputs: list[str], stream: Any = None, **options: Any) -> list[dict]:
+    """Continue each prompt; ``stream`` (a file such as sys.stdout) shows the text as it is generated.
+
+    Options: ``max_new_tokens`` (100), ``temperature`` (0.8; 0 = greedy), ``top_k`` (off), ``top_p`` (0.95),
+    ``repetition_penalty`` (1.0), ``seed`` (None: random).
+
+    Returns:
+        One ``{"input": prompt, "generated_text": prompt + continuation, "continuation": str}`` per prompt,
+        the shape ``pipeline("text-generation")`` uses for ``generated_text``.
+    """
+    generation_options(**{k: v for k, v in options.items() if k != "seed"})  # bad options fail before any output
+    results = []
+    for prompt in inputs:
+        if stream is not None:
+            stream.write(prompt)
+            stream.flush()
+        pieces = []
+        for piece in iter_generate(run_dir, str(prompt), **options):
+            pieces.append(piece)
+            if stream is not None:
+                stream.write(piece)
+                stream.flush()
+        if stream is not None:
+            stream.write("\n")
+        new = "".join(pieces)
+        results.append({"input": prompt, "generated_text": prompt + new, "continuation": new})
+    return results
+
+
+def demo(run_dir: str | Path):
+    from hftk.demos.text_generation import build_demo
+
+    return build_demo(Path(run_dir), iter_generate, read_metrics(Path(run_dir)), HEADLINE)
