@@ -40,7 +40,7 @@ def configure_threads(num_workers: int = 0) -> int:
 
     torch's default plus dataloader workers oversubscribes a small machine (one detection run here went 33x
     slower). Cores are shared by the local processes of `accelerate launch`; ``OMP_NUM_THREADS`` wins when
-    set. Other busy programs are handled by passive OpenMP waiting (see ``hftk/__init__.py``), not by
+    set. Other busy programs are handled by a short OpenMP spin-wait (see ``hftk/__init__.py``), not by
     guessing from the load average, which lags by a minute and starved runs that began after a busy one.
     """
     if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
