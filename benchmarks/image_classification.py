@@ -267,7 +267,7 @@ def main() -> None:
     if not args.no_throughput:
         t = throughput(args.rounds, args.steps, 128, out)
         lines += [
-            "### Training throughput: hftk vs a plain Trainer script (same timm model, data, augmentation, batch 128)",
+            "### Training throughput: hftk vs a plain Trainer script (same timm model, data and batch 128)",
             "",
             "| hftk images/s | plain images/s | ratio (median of rounds) |",
             "|---|---|---|",

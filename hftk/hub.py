@@ -48,6 +48,9 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
         eval_results=results or None,
     )
     table = "\n".join(f"| {k} | {numbers[k]:.4f} |" for k in headline)
+    config = run_dir / "config.json"
+    custom = config.is_file() and "auto_map" in config.read_text()
+    remote = ", trust_remote_code=True)  # or `import hftk` first, which registers this model type" if custom else ")"
     content = f"""---
 {data.to_yaml()}
 ---
@@ -67,7 +70,7 @@ A `{recipe.model.name}` model for **{recipe.task}**, trained with hftk on `{data
 ```python
 from transformers import pipeline
 
-pipe = pipeline("{recipe.task}", model="{recipe.hub.model_id or "path/to/this/folder"}")
+pipe = pipeline("{recipe.task}", model="{recipe.hub.model_id or "path/to/this/folder"}"{remote}
 ```
 
 Try it locally: `hftk demo <this folder>`. The full recipe is in `recipe.yaml`; plots and the evaluation

@@ -195,7 +195,23 @@ def test_mixup_trainer_trains_with_soft_targets():
     trainer = trainer_cls.__new__(trainer_cls)
     trainer._mixup = None
     trainer.args = type("A", (), {"label_smoothing_factor": 0.1})()
+    trainer.processing_class = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)[1]
     inputs = {"pixel_values": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0])}
     model.train()
     loss = trainer.compute_loss(model, inputs)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_batched_random_affine_moves_pixels_and_fills_borders_with_black():
+    image = torch.zeros(1, 1, 16, 16)
+    image[:, :, 4:12, 4:12] = 1.0  # a white square on black, already "normalised" with mean 0, std 1
+    batch = image.repeat(64, 1, 1, 1)
+    fill = torch.zeros(1, 1, 1, 1)
+    same = task.random_affine(batch, 0.0, 0.0, None, fill)
+    torch.testing.assert_close(same, batch, atol=1e-5, rtol=0)  # identity when nothing is asked
+    moved = task.random_affine(batch, 30.0, 0.2, [0.8, 1.2], fill)
+    assert not torch.allclose(moved[0], moved[1])  # every image gets its own transform
+    assert (moved[:, :, 0, 0].abs() < 1e-6).all()  # corners stay black
+    grey = torch.full((1, 1, 1, 1), -0.5)
+    shifted = task.random_affine(torch.full((4, 1, 8, 8), -0.5), 0.0, 0.5, None, grey)
+    torch.testing.assert_close(shifted, torch.full((4, 1, 8, 8), -0.5))  # borders get the fill value

@@ -35,9 +35,9 @@ class AugmentConfig:
     random_resized_crop: list[float] | None = _field(None, "scale range [min, max] of RandomResizedCrop; None: off")
     crop_ratio: list[float] = _field([0.75, 1.3333], "aspect-ratio range of RandomResizedCrop")
     hflip: bool = _field(False, "random horizontal flips (not for digits or text)")
-    degrees: float = _field(0.0, "RandomAffine: max rotation in degrees")
-    translate: float = _field(0.0, "RandomAffine: max shift as a fraction of the size")
-    scale: list[float] | None = _field(None, "RandomAffine: scale range [min, max]")
+    degrees: float = _field(0.0, "random affine (applied to whole batches): max rotation in degrees")
+    translate: float = _field(0.0, "random affine: max shift as a fraction of the size")
+    scale: list[float] | None = _field(None, "random affine: zoom range [min, max]")
     randaugment: bool = _field(False, "RandAugment (2 ops)")
     randaugment_magnitude: int = _field(9, "RandAugment magnitude (0-30)")
     mixup_alpha: float = _field(
@@ -80,11 +80,6 @@ class TrainTransform:
             ops.append(v2.RandomResizedCrop(size, scale=tuple(aug.random_resized_crop), ratio=tuple(aug.crop_ratio)))
         else:
             ops += [v2.Resize(size), v2.CenterCrop(size)]
-        if aug.degrees or aug.translate or aug.scale:
-            translate = (aug.translate, aug.translate) if aug.translate else None
-            ops.append(
-                v2.RandomAffine(aug.degrees, translate=translate, scale=tuple(aug.scale) if aug.scale else None)
-            )
         if aug.hflip:
             ops.append(v2.RandomHorizontalFlip())
         if aug.randaugment:
@@ -127,14 +122,48 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     return {k: metrics[k] for k in ("accuracy", "top5_accuracy", "f1_macro")}
 
 
-class MixupTrainer(Trainer):
-    """Trainer whose training batches go through timm's mixup/cutmix with a soft-target loss."""
+def random_affine(
+    pixels: torch.Tensor, degrees: float, translate: float, scale: list[float] | None, fill: torch.Tensor
+):
+    """Rotate, shift and zoom every image of a normalised batch at once, filling the borders with ``fill``.
 
+    One ``grid_sample`` call per batch instead of a torchvision RandomAffine per image: on the quickstart the
+    per-image version took a third of the training time.
+    """
+    n = pixels.shape[0]
+    angle = (torch.rand(n) * 2 - 1) * degrees * torch.pi / 180
+    zoom = torch.empty(n).uniform_(*scale) if scale else torch.ones(n)
+    shift = (torch.rand(n, 2) * 2 - 1) * translate * 2  # grid coordinates span [-1, 1]: a fraction f is 2f
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.to(pixels.dtype), list(pixels.shape), align_corners=False)
+    shifted = pixels - fill  # zero padding of (x - fill) leaves ``fill`` at the borders
+    return torch.nn.functional.grid_sample(shifted, grid, align_corners=False) + fill
+
+
+class ImageClassificationTrainer(Trainer):
+    """Trainer whose training batches get the random affine and, when asked, timm's mixup/cutmix.
+
+    Both act on whole batches; evaluation batches pass through untouched.
+    """
+
+    degrees = 0.0
+    translate = 0.0
+    scale: list[float] | None = None
     mixup_alpha = 0.0
     cutmix_alpha = 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training or len(inputs["labels"]) % 2:  # timm mixes pairs: skip an odd last batch
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.degrees or self.translate or self.scale:
+            _, mean, std = processor_spec(self.processing_class)
+            fill = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1)  # black, normalised
+            inputs = {
+                **inputs,
+                "pixel_values": random_affine(inputs["pixel_values"], self.degrees, self.translate, self.scale, fill),
+            }
+        if not (self.mixup_alpha or self.cutmix_alpha) or len(inputs["labels"]) % 2:  # timm mixes pairs
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         from timm.data import Mixup
 
@@ -153,9 +182,11 @@ class MixupTrainer(Trainer):
 
 def build_trainer_class(recipe: Recipe) -> type[Trainer]:
     aug = recipe.data.augment
-    if not (aug.mixup_alpha or aug.cutmix_alpha):
+    if not (aug.mixup_alpha or aug.cutmix_alpha or aug.degrees or aug.translate or aug.scale):
         return Trainer
-    return type("MixupTrainer", (MixupTrainer,), {"mixup_alpha": aug.mixup_alpha, "cutmix_alpha": aug.cutmix_alpha})
+    settings = {"degrees": aug.degrees, "translate": aug.translate, "scale": aug.scale}
+    settings.update(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha)
+    return type("ImageClassificationTrainer", (ImageClassificationTrainer,), settings)
 
 
 @functools.lru_cache(maxsize=4)
