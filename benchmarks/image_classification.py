@@ -273,7 +273,8 @@ def main() -> None:
             "|---|---|---|",
             f"| {t['hftk_images_per_s']:.0f} | {t['plain_images_per_s']:.0f} | {t['ratio']:.3f} |",
             "",
-            f"{t['rounds']} alternating rounds of {t['steps']} steps (target ratio >= 0.95).",
+            f"{t['rounds']} alternating rounds of {t['steps']} steps (target ratio >= 0.95). Both apply the recipe's "
+            "random affine: the plain script per image (torchvision RandomAffine), hftk per batch (grid_sample).",
             "",
         ]
     if not args.no_demo:
