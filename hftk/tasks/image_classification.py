@@ -157,12 +157,11 @@ class ImageClassificationTrainer(Trainer):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.degrees or self.translate or self.scale:
-            _, mean, std = processor_spec(self.processing_class)
-            fill = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1)  # black, normalised
-            inputs = {
-                **inputs,
-                "pixel_values": random_affine(inputs["pixel_values"], self.degrees, self.translate, self.scale, fill),
-            }
+            if getattr(self, "_fill", None) is None:  # black, normalised as the processor normalises
+                _, mean, std = processor_spec(self.processing_class)
+                self._fill = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1)
+            pixels = random_affine(inputs["pixel_values"], self.degrees, self.translate, self.scale, self._fill)
+            inputs = {**inputs, "pixel_values": pixels}
         if not (self.mixup_alpha or self.cutmix_alpha) or len(inputs["labels"]) % 2:  # timm mixes pairs
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         from timm.data import Mixup
