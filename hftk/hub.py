@@ -25,9 +25,8 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
 
     dataset = recipe.data.name or Path(recipe.data.path or "local").name
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    headline = [
-        k for k in ("accuracy", "top5_accuracy", "f1_macro", "bits_per_byte", "perplexity", "loss") if k in numbers
-    ]
+    known = ("accuracy", "top5_accuracy", "f1_macro", "bits_per_byte", "dynamic_bits_per_byte", "perplexity", "loss")
+    headline = [k for k in known if k in numbers]
     results = [
         EvalResult(
             task_type=recipe.task,

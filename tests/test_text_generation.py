@@ -27,6 +27,7 @@ TINY = [
     "data.vocab_size=320",
     "data.block_size=32",
     "eval.sample_tokens=8",
+    "eval.dynamic_lr=0.1",
 ]
 GPT = ["model.model_args={n_layer: 1, n_embd: 32, n_head: 2}"]
 LSTM = ["model.model_args={hidden_size: 48, num_layers: 1}"]
@@ -69,6 +70,7 @@ def test_run_trains_and_writes_its_files(run, request):
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert 0 < metrics["bits_per_byte"] < 8.5 and metrics["perplexity"] > 1
+    assert 0 < metrics["dynamic_bits_per_byte"] < 8.5  # eval.dynamic_lr is set
     assert "bits_per_byte" in (run_dir / "eval" / "report.md").read_text()
 
 
@@ -136,6 +138,38 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte():
     assert metrics["perplexity"] == pytest.approx(vocab)
     # the byte table used during training gives the same bytes (documents + separators of 0 bytes)
     assert int(lm.token_byte_lengths(tokenizer)[stream[1:]].sum()) == num_bytes
+
+
+@pytest.mark.parametrize(("run", "lr"), [("gpt_run", 0.1), ("lstm_run", 0.3)])
+def test_dynamic_evaluation_scores_before_it_adapts_and_leaves_the_model_alone(run, lr, request):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(run)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    short = np.random.default_rng(0).integers(1, 300, size=30)
+    # lr 0: exactly the loss of one pass over the whole stream (shorter than the context)
+    nats, tokens = lm_eval.score_stream(model, short, context=32, segment=4, lr=0.0)
+    with torch.no_grad():
+        ids = torch.as_tensor(short)[None]
+        expected = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum")
+    assert tokens == len(short) - 1 and nats == pytest.approx(float(expected), rel=1e-4)
+    # a pattern that repeats: adapting while reading codes it in fewer nats than the fixed model
+    repeated = np.tile(short[:12], 10)
+    fixed, _ = lm_eval.score_stream(model, repeated, context=32, segment=4, lr=0.0)
+    adapted, _ = lm_eval.score_stream(model, repeated, context=32, segment=4, lr=lr)
+    assert adapted < 0.9 * fixed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_dynamic_evaluation_that_diverges_is_left_out_with_a_warning(gpt_run, caplog):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(gpt_run)
+    cfg = task.TextEvalConfig(dynamic_lr=1e9, dynamic_segment=4)
+    stream = np.random.default_rng(0).integers(1, 300, size=60)
+    with caplog.at_level(logging.WARNING):
+        assert task.dynamic_metrics(model, stream, 32, 100, cfg) == {}
+    assert "eval.dynamic_lr" in caplog.text
 
 
 def test_eval_windows_predict_every_token_once():

@@ -60,6 +60,48 @@ def score_windows(model: Any, windows: list[dict], batch_size: int, collate: Any
     return total, tokens
 
 
+def score_stream(model: Any, stream: np.ndarray, context: int, segment: int, lr: float = 0.0) -> tuple[float, int]:
+    """Total nats and predicted tokens of ``stream`` read once, left to right, ``segment`` tokens at a time.
+
+    A recurrent model carries its state through the whole stream (its context is everything before); a
+    GPT-style model sees up to ``context - segment`` earlier tokens.
+
+    ``lr > 0`` is dynamic evaluation (Krause et al., 2018): each segment is scored first, then the model takes
+    one SGD step on that segment's loss before scoring the next. Every token is still predicted before the model
+    learns from it, so the figure is an honest code length, on the footing of an adaptive compressor (xz, gzip)
+    that learns from the text it has already coded. ``model`` itself is not changed (a copy adapts).
+    """
+    import copy
+
+    if len(stream) < 2:
+        return 0.0, 0
+    recurrent = bool(getattr(model, "_is_stateful", False))  # hftk's LSTM/GRU
+    segment = max(1, segment if recurrent else min(segment, context - 1))
+    if lr > 0:
+        model = copy.deepcopy(model)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.eval()  # no dropout: the updates adapt, they do not regularise
+    ids = torch.as_tensor(stream, dtype=torch.long, device=next(model.parameters()).device)
+    total, state = 0.0, None
+    for start in range(1, len(ids), segment):
+        end = min(start + segment, len(ids))
+        with torch.set_grad_enabled(lr > 0):
+            if recurrent:
+                out = model(input_ids=ids[start - 1 : end - 1][None], rnn_state=state, use_cache=True)
+                state = tuple(s.detach() for s in out.rnn_state)
+                logits = out.logits[0]
+            else:
+                first = max(0, end - 1 - context)
+                logits = model(input_ids=ids[first : end - 1][None], use_cache=False).logits[0, start - 1 - first :]
+            nats = torch.nn.functional.cross_entropy(logits.float(), ids[start:end], reduction="sum")
+        total += float(nats.detach())
+        if lr > 0:
+            optimizer.zero_grad(set_to_none=True)
+            (nats / (end - start)).backward()
+            optimizer.step()
+    return total, len(ids) - 1
+
+
 @torch.no_grad()
 def generate_samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[dict]:
     """One sampled continuation per prompt (temperature 0.8, top-p 0.95, fixed seed: comparable over steps)."""

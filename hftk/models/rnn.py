@@ -101,9 +101,10 @@ class HftkRnnForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, nn.GRU):  # the base class only knows LSTMs
-            for name, param in module.named_parameters():
-                nn.init.xavier_uniform_(param) if "weight" in name else nn.init.zeros_(param)
+        if isinstance(module, nn.GRU):  # the base class only knows LSTMs (Xavier, zero biases)
+            # PyTorch's own GRU init: with Xavier and zero biases the update gates closed early in training here
+            # and the GRU sat at unigram loss (2.47 bits/byte after 1.3 min vs 1.93 with this init)
+            module.reset_parameters()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 TASK = "text-generation"
 DEFAULT_RECIPE = RECIPES_DIR / TASK / "gpt-python-docs.yaml"
-HEADLINE = ["bits_per_byte", "perplexity", "loss"]
+HEADLINE = ["bits_per_byte", "dynamic_bits_per_byte", "perplexity", "loss"]  # dynamic: when eval.dynamic_lr is set
 TRAIN_DEFAULTS = {"metric_for_best_model": "bits_per_byte", "greater_is_better": False}
 
 
@@ -70,6 +71,10 @@ class TextEvalConfig(EvalConfig):
         ["The", "A function", "If the"], "prompts sampled at each evaluation and in the report"
     )
     sample_tokens: int = _field(48, "tokens generated per prompt sample")
+    dynamic_lr: float | None = _field(
+        None, "also score the split with dynamic evaluation: SGD learning rate for adapting as it reads (None: off)"
+    )
+    dynamic_segment: int = _field(16, "dynamic evaluation: tokens scored between two updates")
 
 
 CONFIG_CLASSES = {"model": TextModelConfig, "data": TextDataConfig, "eval": TextEvalConfig}
@@ -198,17 +203,34 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     out = eval_dir(run_dir, split, recipe.eval.split)
     texts = load_data(recipe)[split]["text"]
     model, tokenizer = load_run_model(str(run_dir))
-    block = min(recipe.data.block_size, context_length(model.config) or recipe.data.block_size)
-    windows = lm.eval_windows(lm.token_stream(tokenizer, texts), block, recipe.data.eval_stride or block // 2)
-    nats, tokens = report.score_windows(model, windows, recipe.eval.batch_size, lm.collate)
+    context = context_length(model.config)
+    block = min(recipe.data.block_size, context or recipe.data.block_size)
+    stream = lm.token_stream(tokenizer, texts)
+    if context is None:  # recurrent: the state carries through the whole split, no windows needed
+        nats, tokens = report.score_stream(model, stream, 0, segment=512)
+    else:
+        windows = lm.eval_windows(stream, block, recipe.data.eval_stride or block // 2)
+        nats, tokens = report.score_windows(model, windows, recipe.eval.batch_size, lm.collate)
     metrics = report.language_model_metrics(nats, tokens, report.total_bytes(texts))
     metrics.update(split=split, num_examples=len(texts), block_size=block)
+    if recipe.eval.dynamic_lr:
+        metrics.update(dynamic_metrics(model, stream, block, report.total_bytes(texts), recipe.eval))
     write_metrics(out, metrics)
     plot_learning_curves(run_dir, out / "learning_curves.png", "bits_per_byte")
     samples = report.generate_samples(model, tokenizer, list(recipe.eval.prompts), recipe.eval.sample_tokens)
     report.write_report(out / "report.md", recipe, metrics, HEADLINE, samples, report.read_sample_history(run_dir))
-    logger.info("%s on %s: %s", recipe.name, split, {k: round(metrics[k], 4) for k in HEADLINE})
+    logger.info("%s on %s: %s", recipe.name, split, {k: round(metrics[k], 4) for k in HEADLINE if k in metrics})
     return metrics
+
+
+def dynamic_metrics(model: Any, stream: np.ndarray, context: int, num_bytes: int, cfg: TextEvalConfig) -> dict:
+    """``dynamic_bits_per_byte`` and ``dynamic_loss``: the split scored while the model adapts to it."""
+    nats, tokens = report.score_stream(model, stream, context, cfg.dynamic_segment, cfg.dynamic_lr)
+    if not math.isfinite(nats):
+        logger.warning("dynamic evaluation diverged at eval.dynamic_lr=%g: try a smaller rate", cfg.dynamic_lr)
+        return {}
+    metrics = report.language_model_metrics(nats, tokens, num_bytes)
+    return {"dynamic_bits_per_byte": metrics["bits_per_byte"], "dynamic_loss": metrics["loss"]}
 
 
 def _prompt_ids(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> torch.Tensor:
