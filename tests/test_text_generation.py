@@ -287,6 +287,21 @@ def test_jsonl_and_csv_with_a_text_column(tmp_path):
         load_text_data(TextDataConfig(name=None, path=str(tmp_path / "d.jsonl"), text_column="content"))
 
 
+def test_line_per_row_data_joins_into_one_text(tmp_path):
+    from hftk.data.text import load_text_data
+    from hftk.tasks.text_generation import TextDataConfig
+
+    lines = [" = Title = \n", "", *[f" Line {i} of the article goes on .\n" for i in range(200)]]  # WikiText rows
+    (tmp_path / "w.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    cfg = TextDataConfig(name=None, path=str(tmp_path / "w.jsonl"), join_rows="")
+    data = load_text_data(cfg)
+    parts = [data[s]["text"] for s in ("train", "validation", "test")]
+    assert all(len(p) == 1 for p in parts)  # one text per split: no end-of-text token between lines
+    assert "".join(p[0] for p in parts) == "".join(lines)  # cut contiguously by bytes, nothing lost
+    rows = load_text_data(TextDataConfig(name=None, path=str(tmp_path / "w.jsonl")))
+    assert sum(len(rows[s]) for s in ("train", "validation", "test")) == 201  # default: one document per row
+
+
 def test_padding_free_batches_keep_documents_apart():
     from transformers import AutoModelForCausalLM, GPT2Config
 

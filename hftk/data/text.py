@@ -120,11 +120,15 @@ def _load_local(cfg: DataConfig) -> DatasetDict:
     return _contiguous_splits(read_text_file(path, cfg.encoding_errors), cfg)
 
 
-def _text_only(ds: Dataset, column: str, where: str) -> Dataset:
+def _text_only(ds: Dataset, column: str, where: str, join_rows: str | None = None) -> Dataset:
+    """The documents of a split: its non-blank rows, or (``join_rows``) all its rows joined into one text."""
     if column not in ds.column_names:
         raise HftkError(f"{where}: no column '{column}' (columns: {', '.join(ds.column_names)}); set data.text_column")
-    texts = [t for t in ds[column] if isinstance(t, str) and t.strip()]  # blank rows (wikitext has many) go
-    return Dataset.from_dict({"text": texts})
+    rows = [t for t in ds[column] if isinstance(t, str)]
+    if join_rows is not None:  # line-per-row data (WikiText): one text, no end-of-text token between lines
+        text = join_rows.join(rows)
+        return Dataset.from_dict({"text": [text] if text.strip() else []})
+    return Dataset.from_dict({"text": [t for t in rows if t.strip()]})  # blank rows (wikitext has many) go
 
 
 def load_text_data(cfg: DataConfig) -> DatasetDict:
@@ -145,7 +149,7 @@ def load_text_data(cfg: DataConfig) -> DatasetDict:
         where = f"data.name '{cfg.name}'"
     else:
         raise HftkError("data: give data.name (python-docs or a Hub dataset id) or data.path (a .txt file or folder)")
-    raw = DatasetDict({k: _text_only(v, column, where) for k, v in raw.items()})
+    raw = DatasetDict({k: _text_only(v, column, where, getattr(cfg, "join_rows", None)) for k, v in raw.items()})
     if all(len(ds) == 0 for ds in raw.values()):
         raise HftkError(f"{where}: the corpus is empty or whitespace only; give a file or data set with text in it")
     if cfg.train_split in raw and len(raw[cfg.train_split]) == 1 and len(raw) == 1:  # one document: cut by bytes

@@ -50,6 +50,9 @@ class TextDataConfig(DataConfig):
 
     name: str | None = _field("python-docs", "python-docs (embedded) or a Hub dataset id (e.g. Salesforce/wikitext)")
     text_column: str = _field("text", "column holding the text (jsonl, csv, Hub datasets)")
+    join_rows: str | None = _field(
+        None, "rows are lines of one text (WikiText): join each split's rows with this separator, e.g. ''"
+    )
     encoding_errors: Literal["strict", "replace"] = _field(
         "strict", "files that are not UTF-8: stop, or replace bad bytes"
     )
