@@ -56,7 +56,9 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
     """Make sure starting a run never destroys an earlier one unless asked to."""
     if resume and overwrite:
         raise HftkError("--resume and --overwrite contradict each other; choose one")
-    exists = output_dir.exists() and any(output_dir.iterdir())
+    contents = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+    # only the recipe: a start that stopped at bad input before training; running again must not need --overwrite
+    exists = bool(contents) and contents != ["recipe.yaml"]
     if resume:
         if not (output_dir / "recipe.yaml").is_file():
             raise HftkError(f"--resume: {output_dir} holds no hftk run (no recipe.yaml); nothing to resume")

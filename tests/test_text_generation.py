@@ -239,6 +239,16 @@ def test_block_size_larger_than_context(cli, tmp_path, corpus):
     assert code == 2 and "data.block_size 32 is larger than the model's context (16" in err
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("eval.dynamic_lr=-0.1", "eval.dynamic_lr -0.1: expected a positive"), ("eval.dynamic_segment=0", "at least 1")],
+)
+def test_bad_dynamic_evaluation_settings(cli, tmp_path, corpus, override, message):
+    for _ in range(2):  # the second try gives the same answer, not "already holds files"
+        code, _, err = cli(*_tiny(corpus, override, "--output-dir", tmp_path / "run"))
+        assert code == 2 and message in err
+
+
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_non_positive_max_new_tokens(cli, gpt_run, value):
     code, out, err = cli("predict", gpt_run, "The", "--max-new-tokens", value)

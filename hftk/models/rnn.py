@@ -37,6 +37,8 @@ class HftkRnnConfig(PreTrainedConfig):
         num_layers: stacked recurrent layers.
         dropout: dropout on the embeddings, between layers and before the output layer.
         tie_word_embeddings: share the input embedding matrix with the output layer (fewer parameters).
+        initializer_range: standard deviation of the (tied) embeddings at init. GRUs want more than the default
+            (0.2 in the python-docs recipe): with faint inputs they sat at unigram loss for hundreds of steps.
         max_position_embeddings: longest context used in training; a recurrent model has no hard limit,
             it is recorded so tools that ask for the context length get an answer.
     """

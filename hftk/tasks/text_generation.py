@@ -93,6 +93,10 @@ def _check_data(recipe: Recipe) -> None:
         raise HftkError(f"data.block_size {cfg.block_size}: expected at least 2 tokens")
     if cfg.vocab_size < 257 and not (recipe.model.pretrained or cfg.tokenizer):
         raise HftkError(f"data.vocab_size {cfg.vocab_size}: a byte-level BPE needs more than 256 tokens (try 4096)")
+    if recipe.eval.dynamic_lr is not None and recipe.eval.dynamic_lr <= 0:
+        raise HftkError(f"eval.dynamic_lr {recipe.eval.dynamic_lr}: expected a positive learning rate (null: off)")
+    if recipe.eval.dynamic_segment < 1:
+        raise HftkError(f"eval.dynamic_segment {recipe.eval.dynamic_segment}: expected at least 1 token")
 
 
 def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
