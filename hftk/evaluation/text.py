@@ -163,6 +163,15 @@ def write_report(
         f"{metrics['num_bytes']:,} bytes ({metrics['num_bytes'] / max(1, metrics['num_tokens']):.2f} bytes/token).",
         "Bits per byte = total nats / ln 2 / UTF-8 bytes of the split (lower is better; comparable across "
         "tokenizers and with compressors).",
+        *(
+            [
+                f"dynamic_bits_per_byte: the split read once while the model adapts to it (dynamic evaluation: an "
+                f"SGD step at rate {recipe.eval.dynamic_lr:g} after each {recipe.eval.dynamic_segment}-token "
+                "segment is scored; every token is predicted before the model learns from it)."
+            ]
+            if "dynamic_bits_per_byte" in metrics
+            else []
+        ),
         "",
         metrics_table(metrics, headline),
         "",
