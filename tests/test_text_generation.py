@@ -13,6 +13,7 @@ from hftk.config import RECIPES_DIR, load_recipe
 from hftk.data import lm
 from hftk.data.text import PYTHON_DOCS_TEST_FRACTION, python_docs_text, split_python_docs
 from hftk.evaluation import text as lm_eval
+from hftk.models.text import context_length
 from hftk.tasks import text_generation as task
 
 RECIPE = "recipes/text-generation/gpt-python-docs.yaml"
@@ -145,18 +146,19 @@ def test_dynamic_evaluation_scores_before_it_adapts_and_leaves_the_model_alone(r
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(run)).eval()
+    context = context_length(model.config)  # None for the LSTM: it carries its state
     before = {k: v.clone() for k, v in model.state_dict().items()}
     short = np.random.default_rng(0).integers(1, 300, size=30)
     # lr 0: exactly the loss of one pass over the whole stream (shorter than the context)
-    nats, tokens = lm_eval.score_stream(model, short, context=32, segment=4, lr=0.0)
+    nats, tokens = lm_eval.score_stream(model, short, context=context, segment=4, lr=0.0)
     with torch.no_grad():
         ids = torch.as_tensor(short)[None]
         expected = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum")
     assert tokens == len(short) - 1 and nats == pytest.approx(float(expected), rel=1e-4)
     # a pattern that repeats: adapting while reading codes it in fewer nats than the fixed model
     repeated = np.tile(short[:12], 10)
-    fixed, _ = lm_eval.score_stream(model, repeated, context=32, segment=4, lr=0.0)
-    adapted, _ = lm_eval.score_stream(model, repeated, context=32, segment=4, lr=lr)
+    fixed, _ = lm_eval.score_stream(model, repeated, context=context, segment=4, lr=0.0)
+    adapted, _ = lm_eval.score_stream(model, repeated, context=context, segment=4, lr=lr)
     assert adapted < 0.9 * fixed
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

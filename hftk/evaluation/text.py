@@ -60,11 +60,13 @@ def score_windows(model: Any, windows: list[dict], batch_size: int, collate: Any
     return total, tokens
 
 
-def score_stream(model: Any, stream: np.ndarray, context: int, segment: int, lr: float = 0.0) -> tuple[float, int]:
+def score_stream(
+    model: Any, stream: np.ndarray, context: int | None, segment: int, lr: float = 0.0
+) -> tuple[float, int]:
     """Total nats and predicted tokens of ``stream`` read once, left to right, ``segment`` tokens at a time.
 
-    A recurrent model carries its state through the whole stream (its context is everything before); a
-    GPT-style model sees up to ``context - segment`` earlier tokens.
+    ``context`` is the model's as ``hftk.models.text.context_length`` gives it: None for a recurrent model, which
+    carries its state through the whole stream; a GPT-style model sees up to ``context - segment`` earlier tokens.
 
     ``lr > 0`` is dynamic evaluation (Krause et al., 2018): each segment is scored first, then the model takes
     one SGD step on that segment's loss before scoring the next. Every token is still predicted before the model
@@ -75,7 +77,7 @@ def score_stream(model: Any, stream: np.ndarray, context: int, segment: int, lr:
 
     if len(stream) < 2:
         return 0.0, 0
-    recurrent = bool(getattr(model, "_is_stateful", False))  # hftk's LSTM/GRU
+    recurrent = context is None
     segment = max(1, segment if recurrent else min(segment, context - 1))
     if lr > 0:
         model = copy.deepcopy(model)

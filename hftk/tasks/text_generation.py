@@ -212,16 +212,16 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     model, tokenizer = load_run_model(str(run_dir))
     context = context_length(model.config)
     block = min(recipe.data.block_size, context or recipe.data.block_size)
-    stream = lm.token_stream(tokenizer, texts)
+    stream, num_bytes = lm.token_stream(tokenizer, texts), report.total_bytes(texts)
     if context is None:  # recurrent: the state carries through the whole split, no windows needed
-        nats, tokens = report.score_stream(model, stream, 0, segment=512)
+        nats, tokens = report.score_stream(model, stream, None, segment=512)
     else:
         windows = lm.eval_windows(stream, block, recipe.data.eval_stride or block // 2)
         nats, tokens = report.score_windows(model, windows, recipe.eval.batch_size, lm.collate)
-    metrics = report.language_model_metrics(nats, tokens, report.total_bytes(texts))
+    metrics = report.language_model_metrics(nats, tokens, num_bytes)
     metrics.update(split=split, num_examples=len(texts), block_size=block)
     if recipe.eval.dynamic_lr:
-        metrics.update(dynamic_metrics(model, stream, block, report.total_bytes(texts), recipe.eval))
+        metrics.update(dynamic_metrics(model, stream, context and block, num_bytes, recipe.eval))
     write_metrics(out, metrics)
     plot_learning_curves(run_dir, out / "learning_curves.png", "bits_per_byte")
     samples = report.generate_samples(model, tokenizer, list(recipe.eval.prompts), recipe.eval.sample_tokens)
@@ -230,7 +230,9 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     return metrics
 
 
-def dynamic_metrics(model: Any, stream: np.ndarray, context: int, num_bytes: int, cfg: TextEvalConfig) -> dict:
+def dynamic_metrics(
+    model: Any, stream: np.ndarray, context: int | None, num_bytes: int, cfg: TextEvalConfig
+) -> dict[str, float]:
     """``dynamic_bits_per_byte`` and ``dynamic_loss``: the split scored while the model adapts to it."""
     nats, tokens = report.score_stream(model, stream, context, cfg.dynamic_segment, cfg.dynamic_lr)
     if not math.isfinite(nats):
