@@ -1,14 +1,13 @@
-"""The `hftk` command: train, evaluate, predict, demo, push and list recipes.
+"""The `hftk` command: train, evaluate, predict, demo, push and list recipes, for every registered task.
 
 Usage:
-    hftk train image-classification train.num_train_epochs=1
-    hftk train recipes/image-classification/resnet-mnist.yaml --output-dir runs/mine [--resume | --overwrite]
-    hftk evaluate runs/resnet-mnist [--split validation]
-    hftk predict runs/resnet-mnist digit.png more_digits/ [--top-k 3] [--json]
-    hftk demo runs/resnet-mnist [--host 127.0.0.1] [--port 7860]
-    hftk push runs/resnet-mnist --repo-id user/mnist-resnet
-    hftk recipes [--keys [TASK]]
-    accelerate launch -m hftk train <recipe>      (many processes / GPUs)
+    hftk train TASK_ID|RECIPE.yaml [KEY=VALUE ...] [--output-dir runs/mine] [--resume | --overwrite]
+    hftk evaluate RUN_DIR [--split validation]
+    hftk predict RUN_DIR INPUT... [--json] [--OPTION VALUE ...]     (options: the run's task's own)
+    hftk demo RUN_DIR [--host 127.0.0.1] [--port 7860]
+    hftk push RUN_DIR --repo-id user/name [--private | --public]
+    hftk recipes [--keys [TASK_ID]]
+    accelerate launch -m hftk train RECIPE      (many processes / GPUs)
 """
 
 from __future__ import annotations
@@ -54,24 +53,48 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from hftk.evaluation import load_run_recipe, require_model
     from hftk.tasks import get_task
+    from hftk.tasks.contract import parse_predict_options
 
     recipe = load_run_recipe(args.run_dir)
     require_model(Path(args.run_dir))
-    options = {k: getattr(args, k) for k in PREDICT_OPTIONS if getattr(args, k) is not None}
-    if not args.json:
-        options["stream"] = sys.stdout  # tasks that generate text stream tokens as they come
-    results = get_task(recipe.task).predict(args.run_dir, args.inputs, **options)
-    for result in results:
-        if args.json:
+    task = get_task(recipe.task)
+    options = parse_predict_options(task, _option_pairs(args.options))
+    stream = None if args.json else sys.stdout  # people read results as they come; --json prints objects
+    results = task.predict(Path(args.run_dir), args.inputs, stream=stream, **options)
+    if args.json:
+        for result in results:
             print(json.dumps(result))
-        elif "predictions" in result:
-            preds = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in result["predictions"])
-            print(f"{result['input']}: {preds}")
     return 0
 
 
-# Options of `hftk predict`, passed to the task's predict() when given (each task documents its own).
-PREDICT_OPTIONS = ("top_k", "max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
+def _option_pairs(tokens: list[str]) -> dict[str, str]:
+    """``["--top-k", "3", "--json-like=x"]`` -> ``{"top_k": "3", ...}``: the task's own predict options."""
+    pairs, key = {}, None
+    for token in tokens:
+        if token.startswith("--"):
+            name, sep, value = token[2:].partition("=")
+            key = name.replace("-", "_")
+            pairs[key] = value if sep else ""
+            if sep:
+                key = None
+        elif key is not None and pairs[key] == "":
+            pairs[key], key = token, None
+        else:
+            raise HftkError(f"predict: unexpected argument '{token}' after the options; inputs come first")
+    return pairs
+
+
+def _predict_epilog() -> str:
+    """Each task's predict options, read from its ``predict`` signature (so this module names no task)."""
+    from hftk.tasks import TASKS, get_task
+    from hftk.tasks.contract import predict_options
+
+    lines = ["options by the run's task (--name value):"]
+    for task_id in TASKS:
+        options = predict_options(get_task(task_id))
+        shown = ", ".join(f"--{k.replace('_', '-')} ({d})" for k, (_, d) in options.items()) or "none"
+        lines.append(f"  {task_id}: {shown}")
+    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -86,7 +109,8 @@ def _push(args: argparse.Namespace) -> int:
     from hftk.hub import push_run
 
     recipe = load_run_recipe(args.run_dir)
-    url = push_run(Path(args.run_dir), args.repo_id or recipe.hub.model_id, private=not args.public)
+    private = recipe.hub.private if args.private is None else args.private
+    url = push_run(Path(args.run_dir), args.repo_id or recipe.hub.model_id, private=private)
     print(url)
     return 0
 
@@ -128,17 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="train, validation or test (default: the recipe's eval.split)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="predict with a run's model")
+    p = sub.add_parser(
+        "predict",
+        help="predict with a run's model",
+        usage="hftk predict RUN_DIR INPUT... [--json] [--OPTION VALUE ...]",
+        epilog=_LazyText(_predict_epilog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders; prompts for text tasks")
-    p.add_argument("--top-k", type=int, help="labels per image (default 5); for text: top-k sampling")
-    p.add_argument("--max-new-tokens", type=int, help="text: tokens to generate")
-    p.add_argument("--temperature", type=float, help="text: sampling temperature (0: greedy)")
-    p.add_argument("--top-p", type=float, help="text: nucleus sampling probability mass")
-    p.add_argument("--repetition-penalty", type=float, help="text: penalty for repeated tokens (1: none)")
-    p.add_argument("--seed", type=int, help="text: sampling seed, for repeatable samples")
-    p.add_argument("--json", action="store_true", help="one JSON object per line (no streaming)")
-    p.set_defaults(func=_predict)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="what the run's task takes: files, folders or text")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_predict, options_allowed=True)
 
     p = sub.add_parser("demo", help="open the run's Gradio demo")
     p.add_argument("run_dir")
@@ -149,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="upload a run folder to the Hugging Face Hub")
     p.add_argument("run_dir")
     p.add_argument("--repo-id", help="user/name (default: the recipe's hub.model_id)")
-    p.add_argument("--public", action="store_true", help="create a public repo (default: private)")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=None, help="a private repo")
+    visibility.add_argument("--public", dest="private", action="store_false", help="a public repo")
     p.set_defaults(func=_push)
 
     p = sub.add_parser("recipes", help="list shipped recipes, or document every recipe key")
@@ -158,8 +184,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LazyText(str):
+    """An argparse epilog computed only when help is shown (it imports the tasks)."""
+
+    def __new__(cls, make):
+        obj = super().__new__(cls, "")
+        obj.make = make
+        return obj
+
+    def __str__(self) -> str:
+        return self.make()
+
+    def expandtabs(self, tabsize: int = 8) -> str:  # argparse's RawDescriptionHelpFormatter calls this
+        return self.make().expandtabs(tabsize)
+
+
+def configure_openmp() -> None:
+    """A short OpenMP spin-wait, set before torch loads OpenMP (so here, at the start of the command).
+
+    OpenMP threads that spin for long while waiting turn any other busy process into a 10x slowdown on a small
+    machine. Measured here on 2 cores, test_resnet training at 2 threads, images/s (idle / one busy neighbour):
+    libgomp's default 1240 / 51, OMP_WAIT_POLICY=PASSIVE 940 / 550, GOMP_SPINCOUNT=10000 1240 / 450. A user's own
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. Only hftk's own processes get it, not programs importing hftk.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    configure_openmp()
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "options_allowed", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

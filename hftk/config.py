@@ -26,7 +26,7 @@ import yaml
 
 from hftk.errors import HftkError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped inside the package; ./recipes links here
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -43,7 +43,7 @@ class ModelConfig:
     name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
     pretrained: bool = _field(False, "load pretrained weights (Hub or local folder) instead of a random init")
     model_args: dict = _field({}, "extra arguments: timm.create_model kwargs, or transformers config fields")
-    freeze: Literal["none", "backbone"] = _field("none", "'backbone' trains only the classification head")
+    freeze: str = _field("none", "what to freeze: 'none', or what the task offers (see its model.freeze help)")
     revision: str | None = _field(None, "Hub revision (branch, tag or commit) of a pretrained model")
     trust_remote_code: bool = _field(False, "allow code from the model's Hub repo to run (off: safer)")
 
@@ -82,7 +82,11 @@ class EvalConfig:
 class BudgetConfig:
     """Train for a wall-clock time instead of a number of steps."""
 
-    minutes: float | None = _field(None, "train for this many minutes; the LR schedule follows elapsed time")
+    minutes: float | None = _field(
+        None,
+        "stop training after this many minutes; without train.max_steps the LR schedule follows elapsed time "
+        "(results then depend on the machine's speed), with it the schedule follows steps",
+    )
 
 
 @dataclass
@@ -221,7 +225,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def resolve_recipe_path(recipe: str) -> Path:
-    """A YAML path, or a task id meaning that task's default recipe."""
+    """A YAML path, a task id (its default recipe), or ``<task>/<name>`` of a shipped recipe."""
     from hftk import tasks
 
     if recipe in tasks.TASKS:
@@ -229,6 +233,9 @@ def resolve_recipe_path(recipe: str) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
+    shipped = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else f"{recipe}.yaml")
+    if "/" in recipe and shipped.is_file():  # <task>/<name>: a recipe shipped inside the package
+        return shipped
     hint = difflib.get_close_matches(recipe, list(tasks.TASKS), n=1)
     suggestion = f"; did you mean task '{hint[0]}'?" if hint else f"; task ids: {', '.join(tasks.TASKS)}"
     raise HftkError(f"recipe '{recipe}': no such file or task id{suggestion} (`hftk recipes` lists recipes)")
@@ -265,7 +272,7 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
         if not isinstance(value, dict):
             raise HftkError(f"{where}: {name}: expected a section of 'key: value' lines, got {value!r}")
         sections[name] = build_dataclass(cls, value, f"{where}: {name}")
-    train = validate_train(raw.get("train") or {}, where)
+    train = validate_train(raw.get("train") or {}, where, task.TRAINING_ARGUMENTS)
     train = {**TRAIN_DEFAULTS, **getattr(task, "TRAIN_DEFAULTS", {}), **train}
     name = raw.get("name") or path.stem
     return Recipe(task=task_id, train=train, name=str(name), source=str(path), **sections)
@@ -290,24 +297,24 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 @functools.cache
-def _training_argument_types() -> dict[str, Any]:
-    from transformers import TrainingArguments
-
-    hints = typing.get_type_hints(TrainingArguments)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+def _training_argument_types(arguments_class: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(arguments_class)
+    return {f.name: hints[f.name] for f in dataclasses.fields(arguments_class) if f.init}
 
 
-def validate_train(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check `train:` keys against ``transformers.TrainingArguments`` and coerce their types."""
+def validate_train(values: dict[str, Any], where: str, arguments_class: type) -> dict[str, Any]:
+    """Check `train:` keys against the task's ``TrainingArguments`` class and coerce their types."""
     if not isinstance(values, dict):
-        raise HftkError(f"{where}: train: expected TrainingArguments fields as 'key: value' lines")
-    types_ = _training_argument_types()
+        raise HftkError(f"{where}: train: expected {arguments_class.__name__} fields as 'key: value' lines")
+    types_ = _training_argument_types(arguments_class)
     out = {}
     for key, value in values.items():
         if key in _RESERVED_TRAIN_KEYS:
             raise HftkError(f"{where}: train.{key} is not set in recipes: {_RESERVED_TRAIN_KEYS[key]}")
         if key not in types_:
-            raise HftkError(_unknown_key(f"{where}: train", key, list(types_), what="TrainingArguments field"))
+            raise HftkError(
+                _unknown_key(f"{where}: train", key, list(types_), what=f"{arguments_class.__name__} field")
+            )
         out[key] = coerce(value, types_[key], f"{where}: train.{key}")
     return out
 
@@ -402,7 +409,8 @@ def describe_keys(task_module: Any) -> list[tuple[str, str, str]]:
     rows = [("task", "", "task id (see `hftk recipes`)")]
     for section, cls in section_classes(task_module).items():
         rows.extend(_describe(cls, section))
-    rows.append(("train.*", "", "any transformers.TrainingArguments field, passed through"))
+    arguments = task_module.TRAINING_ARGUMENTS
+    rows.append(("train.*", "", f"any transformers.{arguments.__name__} field, passed through"))
     for key, value in {**TRAIN_DEFAULTS, **getattr(task_module, "TRAIN_DEFAULTS", {})}.items():
         rows.append((f"train.{key}", repr(value), "hftk default"))
     return rows

@@ -23,13 +23,15 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
     """Write ``README.md``: Hub metadata (task, library, metrics as model-index) and how to use the model."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from hftk.tasks import get_task
+
+    task = get_task(recipe.task)
     dataset = recipe.data.name or Path(recipe.data.path or "local").name
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    known = ("accuracy", "top5_accuracy", "f1_macro", "bits_per_byte", "dynamic_bits_per_byte", "perplexity", "loss")
-    headline = [k for k in known if k in numbers]
+    headline = [k for k in task.HEADLINE if k in numbers]
     results = [
         EvalResult(
-            task_type=recipe.task,
+            task_type=task.PIPELINE_TAG,
             dataset_type=dataset,
             dataset_name=dataset,
             dataset_split=metrics.get("split", recipe.eval.split),
@@ -40,7 +42,7 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
     ]
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag=recipe.task,
+        pipeline_tag=task.PIPELINE_TAG,
         tags=["hftk", recipe.task, recipe.model.name],
         datasets=[dataset] if "/" in dataset else None,
         model_name=recipe.name,
@@ -49,7 +51,7 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
     table = "\n".join(f"| {k} | {numbers[k]:.4f} |" for k in headline)
     config = run_dir / "config.json"
     custom = config.is_file() and "auto_map" in config.read_text()
-    remote = ", trust_remote_code=True)  # or `import hftk` first, which registers this model type" if custom else ")"
+    remote = ", trust_remote_code=True)  # the folder carries the model's code" if custom else ")"
     content = f"""---
 {data.to_yaml()}
 ---
@@ -69,7 +71,8 @@ A `{recipe.model.name}` model for **{recipe.task}**, trained with hftk on `{data
 ```python
 from transformers import pipeline
 
-pipe = pipeline("{recipe.task}", model="{recipe.hub.model_id or "path/to/this/folder"}"{remote}
+pipe = pipeline("{task.PIPELINE_TAG}", model="{recipe.hub.model_id or "path/to/this/folder"}"{remote}
+{task.PIPELINE_EXAMPLE}
 ```
 
 Try it locally: `hftk demo <this folder>`. The full recipe is in `recipe.yaml`; plots and the evaluation

@@ -7,7 +7,8 @@ Usage:
 
 What hftk adds around the Trainer, and nothing more: thread count from the free cores, a run folder that
 is never overwritten by accident, checkpoints that are only resumed once complete, wall-clock budgets whose
-learning-rate schedule follows elapsed time, and the final test evaluation and model card.
+learning-rate schedule follows elapsed time, a final model saved whole (also under FSDP), and the closing
+test evaluation and model card. The task builds the Trainer itself (``build_trainer``): this module names no task.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hftk.config import Recipe, load_recipe
 from hftk.errors import HftkError
+from hftk.models import count_parameters
 from hftk.tasks import get_task
+from hftk.tasks.contract import TrainerInputs
 
 logger = logging.getLogger(__name__)
 
@@ -150,31 +153,43 @@ def _schedule_factor(kind: str, warmup: float, progress: float) -> float:
 
 
 class TimeBudget(TrainerCallback):
-    """Trains for a wall-clock budget; the learning-rate schedule follows elapsed time, not guessed steps.
+    """Stops training after a wall-clock budget; with ``follow_clock`` the LR schedule follows elapsed time too.
 
-    Step counts guessed from the first batches wasted 26-52% of a 10-minute budget here when the
-    machine's load changed; reading the clock at every step uses all of it whatever the load does.
+    Step counts guessed from the first batches wasted 26-52% of a 10-minute budget here when the machine's load
+    changed; reading the clock at every step uses all of it whatever the load does. The price: the model then
+    depends on the machine's speed, so a recipe that fixes its steps (``train.max_steps``) keeps a step-based
+    schedule and the budget only stops it.
     """
 
-    def __init__(self, minutes: float, schedule: str, warmup: float, already_elapsed: float = 0.0):
+    def __init__(
+        self,
+        minutes: float,
+        schedule: str,
+        warmup: float,
+        already_elapsed: float = 0.0,
+        follow_clock: bool = True,
+        clock=time.perf_counter,
+    ):
         self.seconds = minutes * 60.0
         self.schedule = schedule
         self.warmup = warmup
         self.already = already_elapsed
+        self.follow_clock = follow_clock
+        self.clock = clock
         self.started: float | None = None
 
     def elapsed(self) -> float:
-        return self.already + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.already + (self.clock() - self.started if self.started is not None else 0.0)
 
     def factor(self, _step: int = 0) -> float:
         return _schedule_factor(self.schedule, self.warmup, self.elapsed() / self.seconds)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
+        self.started = self.clock()
 
     def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
-        if scheduler is not None and hasattr(scheduler, "lr_lambdas"):
+        if self.follow_clock and scheduler is not None and hasattr(scheduler, "lr_lambdas"):
             scheduler.lr_lambdas = [self.factor] * len(scheduler.lr_lambdas)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -184,15 +199,39 @@ class TimeBudget(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
 
 
-def build_training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
-    """TrainingArguments from `train:`, with the budget and checkpoint guard adjustments."""
+class BudgetProgress(ProgressCallback):
+    """The progress bar of a clock-driven run: seconds of the budget, not steps of a nominal huge ``max_steps``."""
+
+    def __init__(self, budget: TimeBudget):
+        super().__init__()
+        self.budget = budget
+        self.shown = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            total = round(self.budget.seconds)
+            self.shown = min(total, round(self.budget.already))
+            self.training_bar = tqdm(total=total, initial=self.shown, unit="s", dynamic_ncols=True, desc="budget")
+        self.current_step = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            now = min(round(self.budget.elapsed()), self.training_bar.total)
+            self.training_bar.set_postfix(step=state.global_step, refresh=False)
+            self.training_bar.update(now - self.shown)
+            self.shown = now
+
+
+def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: type = TrainingArguments) -> Any:
+    """The task's TrainingArguments from `train:`, with the budget and checkpoint guard adjustments."""
     values = dict(recipe.train)
     values["save_total_limit"] = None  # CheckpointGuard rotates, after marking checkpoints complete
     if not torch.cuda.is_available():
         values.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
-    if recipe.budget.minutes:
-        if values.get("max_steps", -1) in (-1, None):
-            values["max_steps"] = 10**9  # the budget stops training
+    if _clock_schedule(recipe):
+        values["max_steps"] = 10**9  # the budget stops training
         schedule = values.get("lr_scheduler_type", "linear")
         if schedule not in BUDGET_SCHEDULES:
             raise HftkError(
@@ -201,15 +240,19 @@ def build_training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArgume
         if float(values.get("warmup_steps", 0)) >= 1:
             raise HftkError("budget.minutes: give train.warmup_steps as a fraction of the budget (< 1), e.g. 0.05")
     try:
-        return TrainingArguments(output_dir=str(output_dir), **values)
+        return arguments_class(output_dir=str(output_dir), **values)
     except (ValueError, TypeError) as err:
         raise HftkError(f"{recipe.source}: train: {str(err).splitlines()[0]}") from None
 
 
+def _clock_schedule(recipe: Recipe) -> bool:
+    """A budget without a fixed step count: training runs until the clock stops it, and the schedule follows it."""
+    return bool(recipe.budget.minutes) and recipe.train.get("max_steps", -1) in (-1, None)
+
+
 def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
     """Log and return (trainable, total) parameter counts: a frozen backbone should never be a surprise."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, total = count_parameters(model)
     logger.info(
         "parameters: %s trainable of %s (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(1, total)
     )
@@ -269,35 +312,22 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     datasets = task.prepare_datasets(recipe, data, processor)
 
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
-    args = build_training_arguments(recipe, output_dir)
-    budget = None
-    if recipe.budget.minutes:
-        warmup = float(recipe.train.get("warmup_steps", 0))
-        already = 0.0
-        if checkpoint:
-            already = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("budget_elapsed_s") or 0.0
-        budget = TimeBudget(recipe.budget.minutes, args.lr_scheduler_type.value, warmup, already)
+    args = build_training_arguments(recipe, output_dir, task.TRAINING_ARGUMENTS)
+    budget = _budget(recipe, args, checkpoint)
     if resume and state.is_main_process:
         _remove_incomplete_checkpoints(output_dir)
     callbacks = [cb for cb in (budget, CheckpointGuard(recipe.train.get("save_total_limit"), budget)) if cb]
     if recipe.eval.early_stopping_patience:
         callbacks.append(_early_stopping(recipe, args))
-    trainer = task.build_trainer_class(recipe)(
-        model=model,
-        args=args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("validation"),
-        data_collator=task.collate,
-        compute_metrics=task.compute_metrics,
-        processing_class=processor,
-        callbacks=callbacks,
-    )
+    trainer = task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, callbacks))
+    if budget is not None and budget.follow_clock and not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BudgetProgress(budget))
     logger.info("training %s%s", recipe.name, f" from {checkpoint}" if checkpoint else "")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = _train_metrics(result.metrics, trainer, len(datasets["train"]))
-    trainer.save_model(str(output_dir))
+    _save_final_model(trainer, output_dir)
     if state.is_main_process:
-        _save_processor(processor, output_dir)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
     state.wait_for_everyone()
@@ -309,6 +339,31 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
         write_model_card(output_dir, recipe, test_metrics)
     state.wait_for_everyone()
     return output_dir
+
+
+def _budget(recipe: Recipe, args: Any, checkpoint: Path | None) -> TimeBudget | None:
+    if not recipe.budget.minutes:
+        return None
+    already = 0.0
+    if checkpoint:
+        already = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("budget_elapsed_s") or 0.0
+    warmup = float(recipe.train.get("warmup_steps", 0))
+    return TimeBudget(
+        recipe.budget.minutes, args.lr_scheduler_type.value, warmup, already, follow_clock=_clock_schedule(recipe)
+    )
+
+
+def _save_final_model(trainer: Any, output_dir: Path) -> None:
+    """``trainer.save_model``, gathering a full state dict under FSDP so the run ends with one model.safetensors.
+
+    With ``SHARDED_STATE_DICT`` (fast checkpoints) ``save_model`` writes no weights at all; accelerate's plugin
+    takes a state-dict type override for exactly this case (train sharded, save the final model full).
+    """
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = trainer.accelerator.state.fsdp_plugin
+        if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(output_dir))
 
 
 def _early_stopping(recipe: Recipe, args: TrainingArguments) -> TrainerCallback:
@@ -327,12 +382,6 @@ def _remove_incomplete_checkpoints(output_dir: Path) -> None:
         if not is_complete_checkpoint(path):
             logger.warning("removing incomplete checkpoint %s (the process stopped while writing it)", path)
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _save_processor(processor: Any, output_dir: Path) -> None:
-    # TimmWrapperImageProcessor keeps its settings in config.json and refuses save_pretrained.
-    if processor is not None and type(processor).__name__ != "TimmWrapperImageProcessor":
-        processor.save_pretrained(str(output_dir))
 
 
 def _train_metrics(metrics: dict[str, Any], trainer: Any, num_examples: int) -> dict[str, Any]:

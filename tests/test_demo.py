@@ -2,7 +2,6 @@
 
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -40,7 +39,7 @@ def test_demo_classifies_an_example_like_predict(digits_run, demo_url):
 
     example = sorted((digits_run / "eval" / "examples").glob("*.png"))[2]
     client = Client(demo_url, verbose=False)
-    _, label = client.predict(handle_file(str(example)), api_name="/classify")
+    label = client.predict(handle_file(str(example)), api_name="/classify")
     expected = predict(digits_run, [example], top_k=5)[0]["predictions"]
     assert label["label"] == expected[0]["label"]
     assert [c["label"] for c in label["confidences"]] == [p["label"] for p in expected]
@@ -50,6 +49,8 @@ def test_bad_uploads_get_readable_errors_and_the_server_keeps_serving(digits_run
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
+    from hftk.tasks.image_classification import predict
+
     client = Client(demo_url, verbose=False)
     text = tmp_path / "notes.png"
     text.write_text("this is not an image")
@@ -58,8 +59,30 @@ def test_bad_uploads_get_readable_errors_and_the_server_keeps_serving(digits_run
     with pytest.raises(AppError, match="No image"):
         client.predict(None, api_name="/classify")
     example = sorted((digits_run / "eval" / "examples").glob("*.png"))[0]
-    _, label = client.predict(handle_file(str(example)), api_name="/classify")
-    assert label["label"]
+    label = client.predict(handle_file(str(example)), api_name="/classify")
+    assert label["label"] == predict(digits_run, [example])[0]["predictions"][0]["label"]
+
+
+def test_concurrent_clients_all_get_their_answer(digits_run, demo_url):
+    """100 requests from 8 threads, many of them for the same image: every one answered, and rightly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    from hftk.tasks.image_classification import predict
+
+    examples = sorted((digits_run / "eval" / "examples").glob("*.png"))[:3]
+    expected = {str(e): predict(digits_run, [e])[0]["predictions"][0]["label"] for e in examples}
+    clients = [Client(demo_url, verbose=False) for _ in range(8)]
+
+    def ask(i: int) -> tuple[str, str]:
+        example = str(examples[i % len(examples)])
+        return example, clients[i % 8].predict(handle_file(example), api_name="/classify")["label"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, range(100)))
+    assert len(answers) == 100
+    assert all(label == expected[example] for example, label in answers)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,11 +90,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_real_browser_uploads_an_image_and_reads_the_label(digits_run, demo_url):
+def test_real_browser_shows_thumbnails_and_classifies_an_upload(digits_run, demo_url):
     from playwright.sync_api import sync_playwright
 
+    from hftk.tasks.image_classification import predict
+
     example = sorted((digits_run / "eval" / "examples").glob("*.png"))[1]
-    expected_label = Path(example).stem.split("_", 1)[1]  # examples are named <index>_<true label>.png
     flags = [
         "--headless",
         "--no-sandbox",
@@ -85,17 +109,16 @@ def test_real_browser_uploads_an_image_and_reads_the_label(digits_run, demo_url)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = browser.new_page()
         page.goto(demo_url)
+        gallery = page.locator(".gallery img, [data-testid=examples] img, table img")
+        gallery.first.wait_for(timeout=30000)
+        thumbnails = gallery.count()
         page.locator("input[type=file]").first.set_input_files(str(example))
-        label = page.locator(".output-class, [data-testid=label-output-value]").first
-        label.wait_for(timeout=30000)
         page.wait_for_function(
             "document.querySelector('[data-testid=label-output-value], .output-class')?.textContent.trim().length > 0",
             timeout=30000,
         )
-        shown = label.text_content().strip()
+        shown = page.locator(".output-class, [data-testid=label-output-value]").first.text_content().strip()
         page.screenshot(path=str(digits_run / "eval" / "demo_screenshot.png"), full_page=True)
         browser.close()
-    from hftk.tasks.image_classification import predict
-
+    assert thumbnails == 8  # the test-split examples show as pictures, not file names
     assert shown == predict(digits_run, [example])[0]["predictions"][0]["label"]
-    assert expected_label  # the example file carries its true label for people reading the screenshot

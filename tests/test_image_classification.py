@@ -14,7 +14,8 @@ from hftk.data.embedded import load_mnist_5k
 from hftk.data.images import load_image_data, to_rgb
 from hftk.errors import HftkError
 from hftk.tasks import image_classification as task
-from hftk.training import _save_processor
+from hftk.tasks.contract import TrainerInputs
+from hftk.training import build_training_arguments
 
 LABELS = ["cat", "dog", "fox"]
 DIGITS = "recipes/image-classification/resnet-digits.yaml"  # a recipe without model_args
@@ -66,7 +67,7 @@ def test_model_trains_saves_reloads_and_matches_pipeline(kind, tmp_path):
     assert np.isfinite(losses).all() and losses[-1] < losses[0] * 0.7, losses
 
     model.save_pretrained(tmp_path)
-    _save_processor(processor, tmp_path)
+    processor.save_pretrained(tmp_path)  # what the Trainer does (timm's keeps its settings in config.json)
     assert (tmp_path / "model.safetensors").is_file()
     model.eval()
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path, use_safetensors=True).eval()
@@ -97,7 +98,7 @@ def test_unknown_model_name_suggests_the_close_one():
 def test_pretrained_weights_offline_give_a_clear_error():
     recipe = _recipe("resnet18", {})
     recipe.model.pretrained = True
-    with pytest.raises(HftkError, match="could not fetch the weights"):
+    with pytest.raises(HftkError, match=r"could not fetch timm/resnet18.a1_in1k/model.safetensors"):
         task.build_image_classifier(recipe.model, LABELS, 32)
 
 
@@ -187,19 +188,22 @@ def test_unknown_embedded_dataset_suggests_close_name():
         load_image_data(load_recipe("image-classification", ["data.name=mnist5k"]).data)
 
 
-def test_mixup_trainer_trains_with_soft_targets():
-    recipe = load_recipe("image-classification", ["data.augment.mixup_alpha=0.4", "data.augment.cutmix_alpha=1.0"])
-    trainer_cls = task.build_trainer_class(recipe)
-    assert trainer_cls.mixup_alpha == 0.4
-    model, _ = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
-    trainer = trainer_cls.__new__(trainer_cls)
-    trainer._mixup = None
-    trainer.args = type("A", (), {"label_smoothing_factor": 0.1})()
-    trainer.processing_class = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)[1]
+def test_mixup_trainer_trains_with_soft_targets(tmp_path):
+    overrides = ["data.augment.mixup_alpha=0.4", "data.augment.cutmix_alpha=1.0", "train.label_smoothing_factor=0.1"]
+    overrides.append("train.eval_strategy=no")
+    recipe = load_recipe("image-classification", overrides)
+    model, processor = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
+    args = build_training_arguments(recipe, tmp_path, task.TRAINING_ARGUMENTS)
+    trainer = task.build_trainer(TrainerInputs(recipe, model, processor, {"train": None, "validation": None}, args, []))
+    assert isinstance(trainer, task.ImageClassificationTrainer) and trainer.mixup.mixup_alpha == 0.4
     inputs = {"pixel_values": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0])}
     model.train()
     loss = trainer.compute_loss(model, inputs)
     assert torch.isfinite(loss) and loss.requires_grad
+    plain = task.build_trainer(
+        TrainerInputs(load_recipe(DIGITS, ["train.eval_strategy=no"]), model, processor, {"train": None, "validation": None}, args, [])
+    )
+    assert type(plain).__name__ == "Trainer"  # no batch augmentation asked: the plain Trainer
 
 
 def test_batched_random_affine_moves_pixels_and_fills_borders_with_black():

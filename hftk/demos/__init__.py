@@ -12,6 +12,13 @@ from hftk.tasks import get_task
 logger = logging.getLogger(__name__)
 
 
+def metrics_line(metrics: dict, headline: list[str]) -> str:
+    """``test split: accuracy 0.9920, ...`` for a demo's header (or that the run is not evaluated yet)."""
+    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), (int, float)))
+    split = metrics.get("split", "test")
+    return f"{split} split: {scores}" if scores else "not evaluated yet"
+
+
 def build(run_dir: str | Path):
     """The run's demo as a ``gradio.Blocks`` (not launched)."""
     recipe = load_run_recipe(run_dir)

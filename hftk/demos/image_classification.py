@@ -1,7 +1,9 @@
-"""Image-classification demo: upload or pick a test image, see the top-k labels and the run's metrics.
+"""Image-classification demo: upload, paste or snap an image (or pick a test example), see the top-k labels.
 
-The upload is a file box rather than ``gr.Image``: gr.Image rejects a non-image before hftk sees it, with an
-error that names no cause; here every upload reaches ``classify``, which answers with a readable message.
+The input is a ``gr.Image`` (upload, webcam, clipboard; examples show as thumbnails) whose decoding errors become
+a readable message naming the file, instead of gradio's anonymous "Error". The demo outputs no image: an image
+output is written to gradio's cache under a name derived from its content, so concurrent identical answers
+raced on one file and some downloads failed ("Too little data for declared Content-Length").
 """
 
 from __future__ import annotations
@@ -9,47 +11,51 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from hftk.demos import metrics_line
 from hftk.errors import HftkError
 
 
-def _preview(path: str):
-    """The upload as shown to people: tiny images (8x8 digits) scaled up with crisp pixels."""
-    from PIL import Image
-
-    from hftk.data.images import to_rgb
-
-    with Image.open(path) as im:
-        im.load()
-        image = to_rgb(im)
-    factor = max(1, 192 // max(image.size))
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
-
-
-def build_demo(run_dir: Path, predict: Callable, metrics: dict, headline: list[str], top_k: int = 5):
+def readable_image_input(**kwargs):
+    """A ``gr.Image`` (PIL) that answers an undecodable upload with "<name>: not a readable image ..."."""
     import gradio as gr
 
-    examples = sorted(str(p) for p in (run_dir / "eval" / "examples").glob("*.png"))
-    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), (int, float)))
+    class ReadableImage(gr.Image):
+        is_template = True  # gradio's mark for a subclass that reuses its base's frontend (as gr.Sketchpad does)
 
-    def classify(path: str | None):
-        if not path:
-            raise gr.Error("No image: upload one or pick an example below.")
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError is an OSError
+                name = Path(getattr(payload, "orig_name", None) or getattr(payload, "path", None) or "upload").name
+                raise gr.Error(f"{name}: not a readable image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)") from err
+
+    return ReadableImage(type="pil", sources=["upload", "webcam", "clipboard"], **kwargs)
+
+
+def build_demo(
+    run_dir: Path, predict: Callable, metrics: dict, headline: list[str], examples: list[str], top_k: int = 5
+):
+    """``predict(run_dir, [image], top_k=k)`` gives ``[{"predictions": [{"label", "score"}, ...]}]``."""
+    import gradio as gr
+
+    def classify(image):
+        if image is None:
+            raise gr.Error("No image: upload one, paste one, use the webcam or pick an example below.")
         try:
-            result = predict(run_dir, [path], top_k=top_k)[0]
+            result = predict(run_dir, [image], top_k=top_k)[0]
         except HftkError as err:
-            raise gr.Error(str(err).replace(str(Path(path).parent) + "/", "")) from None  # no server paths
-        return _preview(path), {p["label"]: float(p["score"]) for p in result["predictions"]}
+            raise gr.Error(str(err)) from None
+        return {p["label"]: float(p["score"]) for p in result["predictions"]}
 
     with gr.Blocks(title=f"hftk · {run_dir.name}") as demo:
-        gr.Markdown(f"# {run_dir.name}\nImage classification · test split: {scores or 'not evaluated yet'}")
+        gr.Markdown(f"# {run_dir.name}\nImage classification · {metrics_line(metrics, headline)}")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="upload an image", file_types=["image"], type="filepath")
+                image = readable_image_input(label="image", height=280)
                 button = gr.Button("Classify", variant="primary")
-            preview = gr.Image(label="image", interactive=False, height=240)
             label = gr.Label(num_top_classes=top_k, label="prediction")
         if examples:
-            gr.Examples(examples, inputs=upload, label="examples from the test split")
-        button.click(classify, inputs=upload, outputs=[preview, label], api_name="classify")
-        upload.upload(classify, inputs=upload, outputs=[preview, label], api_name=False)
+            gr.Examples(examples, inputs=image, label="examples from the test split", examples_per_page=16)
+        button.click(classify, inputs=image, outputs=label, api_name="classify")
+        image.upload(classify, inputs=image, outputs=label, api_name=False)
     return demo

@@ -6,16 +6,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from hftk.demos import metrics_line
 from hftk.errors import HftkError
 
-EXAMPLES = ["The", "A function", "If the", "The return value of", "Exceptions"]
 
-
-def build_demo(run_dir: Path, iter_generate: Callable, metrics: dict, headline: list[str]):
+def build_demo(run_dir: Path, iter_generate: Callable, metrics: dict, headline: list[str], examples: list[str]):
     """``iter_generate(run_dir, prompt, stop, seed=..., **options)`` yields text pieces as they are generated."""
     import gradio as gr
-
-    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in headline if isinstance(metrics.get(k), (int, float)))
 
     def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
         options = dict(
@@ -39,7 +36,7 @@ def build_demo(run_dir: Path, iter_generate: Callable, metrics: dict, headline: 
             stop.set()  # a cancelled event (stop button) closes this generator: end the generation thread
 
     with gr.Blocks(title=f"hftk · {run_dir.name}") as demo:
-        gr.Markdown(f"# {run_dir.name}\nText generation. Test split: {scores or 'not evaluated yet'}")
+        gr.Markdown(f"# {run_dir.name}\nText generation · {metrics_line(metrics, headline)}")
         prompt = gr.Textbox(label="prompt", lines=3, placeholder="Start a sentence...")
         with gr.Row():
             max_new_tokens = gr.Slider(1, 512, value=100, step=1, label="max new tokens")
@@ -53,7 +50,8 @@ def build_demo(run_dir: Path, iter_generate: Callable, metrics: dict, headline: 
             run = gr.Button("Generate", variant="primary")
             stop = gr.Button("Stop", variant="stop")
         output = gr.Textbox(label="text", lines=10)
-        gr.Examples(EXAMPLES, inputs=prompt, label="example prompts")
+        if examples:
+            gr.Examples(examples, inputs=prompt, label="example prompts")
         inputs = [prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed]
         event = run.click(generate, inputs=inputs, outputs=output, api_name="generate")
         submit = prompt.submit(generate, inputs=inputs, outputs=output, api_name=False)

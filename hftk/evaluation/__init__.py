@@ -29,6 +29,17 @@ def load_metric(name: str) -> Any:
     return evaluate.load(str(METRICS_DIR / name))
 
 
+def inference_device() -> str:
+    """Where evaluation, predict and demos run: the GPU when there is one, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def load_run_recipe(run_dir: str | Path) -> Recipe:
     """The resolved recipe of a finished (or running) run, with a clear error for a wrong folder."""
     run_dir = Path(run_dir)

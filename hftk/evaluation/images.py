@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,12 @@ def plot_confusion_matrix(matrix: list[list[int]], names: list[str], out_png: Pa
 
 
 def write_worst_examples(
-    images: list, refs: np.ndarray, probs: np.ndarray, names: list[str], out: Path, n: int
+    image_at: Callable[[int], Any], refs: np.ndarray, probs: np.ndarray, names: list[str], out: Path, n: int
 ) -> list[dict]:
-    """The ``n`` most confident mistakes as ``worst_examples.jsonl`` and a thumbnail grid PNG."""
+    """The ``n`` most confident mistakes as ``worst_examples.jsonl`` and a thumbnail grid PNG.
+
+    ``image_at(i)`` gives image ``i`` of the split: only the few shown are decoded.
+    """
     preds = probs.argmax(axis=1)
     wrong = np.flatnonzero(preds != refs)
     order = wrong[np.argsort(-probs[wrong, preds[wrong]])][:n]
@@ -63,20 +67,21 @@ def write_worst_examples(
     plt = _pyplot()
     cols = min(8, len(rows))
     lines = (len(rows) + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(1.6 * cols, 1.9 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, cols, figsize=(1.7 * cols, 2.1 * lines + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
-        ax.imshow(to_rgb(images[row["index"]]))
-        ax.set_title(f"{row['true']}→{row['predicted']}\n{row['confidence']:.2f}", fontsize=8)
+        ax.imshow(to_rgb(image_at(row["index"])))
+        # one line per thumbnail: a two-line title of row 2 was hidden under row 1's images
+        ax.set_title(f"{row['true']}→{row['predicted']} {row['confidence']:.2f}", fontsize=8, pad=3)
     fig.suptitle("most confident mistakes (true→predicted, confidence)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     fig.savefig(out / "worst_examples.png", dpi=100)
     plt.close(fig)
     return rows
 
 
-def save_examples(images: list, refs: np.ndarray, names: list[str], out: Path, n: int) -> None:
+def save_examples(image_at: Callable[[int], Any], refs: np.ndarray, names: list[str], out: Path, n: int) -> None:
     """A few test images, one class after another, for the demo's example gallery."""
     if out.exists():
         shutil.rmtree(out)
@@ -88,7 +93,7 @@ def save_examples(images: list, refs: np.ndarray, names: list[str], out: Path, n
             seen.add(label)
     chosen += [i for i in range(len(refs)) if i not in chosen][: max(0, n - len(chosen))]
     for i in chosen:
-        to_rgb(images[i]).save(out / f"{i:05d}_{names[refs[i]]}.png".replace("/", "_"))
+        to_rgb(image_at(i)).save(out / f"{i:05d}_{names[refs[i]]}.png".replace("/", "_"))
 
 
 def write_report(

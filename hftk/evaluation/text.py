@@ -6,7 +6,6 @@ does not depend on the tokenizer, so models with different vocabularies, and com
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
 from hftk.evaluation import metrics_table
 
@@ -104,56 +102,6 @@ def score_stream(
     return total, len(ids) - 1
 
 
-@torch.no_grad()
-def generate_samples(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[dict]:
-    """One sampled continuation per prompt (temperature 0.8, top-p 0.95, fixed seed: comparable over steps)."""
-    was_training = model.training
-    model.eval()
-    samples = []
-    for prompt in prompts:
-        torch.manual_seed(seed)
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        eos = torch.tensor([[tokenizer.eos_token_id]])
-        ids = torch.cat([eos, ids], dim=1)  # start as a document starts in the token stream
-        out = model.generate(
-            input_ids=ids.to(model.device),
-            attention_mask=torch.ones_like(ids).to(model.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=0.8,
-            top_p=0.95,
-            top_k=0,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-        samples.append({"prompt": prompt, "continuation": text})
-    model.train(was_training)
-    return samples
-
-
-class SampleCallback(TrainerCallback):
-    """At each evaluation: sample from fixed prompts, log them to TensorBoard and ``<run>/samples.jsonl``."""
-
-    def __init__(self, tokenizer: Any, prompts: list[str], max_new_tokens: int):
-        self.tokenizer = tokenizer
-        self.prompts = prompts
-        self.max_new_tokens = max_new_tokens
-        self.tensorboard = None  # the Trainer's TensorBoardCallback, when reporting to TensorBoard
-
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero or model is None or not self.prompts:
-            return
-        samples = generate_samples(model, self.tokenizer, self.prompts, self.max_new_tokens)
-        with open(Path(args.output_dir) / "samples.jsonl", "a") as f:
-            for s in samples:
-                f.write(json.dumps({"step": state.global_step, **s}) + "\n")
-        writer = getattr(self.tensorboard, "tb_writer", None)  # set by the Trainer (TensorBoardCallback)
-        if writer is not None:
-            text = "\n\n".join(f"**{s['prompt']}**{s['continuation']}".replace("\n", "  \n") for s in samples)
-            writer.add_text("samples", text, state.global_step)
-            writer.flush()
-
-
 def write_report(
     path: Path, recipe: Any, metrics: dict, headline: list[str], samples: list[dict], history: list
 ) -> None:
@@ -181,25 +129,15 @@ def write_report(
         "",
     ]
     for s in samples:
-        lines += [f"**Prompt:** `{s['prompt']}`", "", "```text", s["prompt"] + s["continuation"], "```", ""]
+        lines += [f"**Prompt:** `{s['prompt']}`", "", "```text", s["prompt"] + s["output"], "```", ""]
     if history:
         lines += ["## Samples during training (first prompt)", "", "| step | text |", "|---|---|"]
         for row in history:
-            text = (row["prompt"] + row["continuation"]).replace("\n", " ").replace("|", "\\|")[:200]
+            text = (row["prompt"] + row["output"]).replace("\n", " ").replace("|", "\\|")[:200]
             lines.append(f"| {row['step']} | {text} |")
         lines.append("")
     lines += ["![learning curves](learning_curves.png)", ""]
     path.write_text("\n".join(lines))
-
-
-def read_sample_history(run_dir: Path) -> list[dict]:
-    """The samples logged during training for the first prompt, one per evaluation step."""
-    path = run_dir / "samples.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    first = rows[0]["prompt"] if rows else None
-    return [r for r in rows if r["prompt"] == first]
 
 
 def total_bytes(texts: list[str]) -> int:

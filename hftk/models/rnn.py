@@ -2,7 +2,8 @@
 
 The classic recurrent text generators, written as a ``PreTrainedConfig`` / ``PreTrainedModel`` pair with
 ``GenerationMixin`` and registered with ``AutoConfig`` / ``AutoModelForCausalLM`` under the model type
-``hftk_rnn`` (``cell: lstm`` or ``gru``). Importing ``hftk`` registers them, so after ``import hftk``:
+``hftk_rnn`` (``cell: lstm`` or ``gru``). Importing this module registers them (hftk does when it builds or
+loads a text model), so after ``import hftk.models.rnn``:
 
     model = AutoModelForCausalLM.from_pretrained("runs/lstm-python-docs")
     pipeline("text-generation", model="runs/lstm-python-docs")
@@ -44,6 +45,7 @@ class HftkRnnConfig(PreTrainedConfig):
     """
 
     model_type = MODEL_TYPE
+    is_recurrent = True  # no context limit: the state carries through any length (hftk.generation.context_length)
     vocab_size: int = 4096
     cell: Literal["lstm", "gru"] = "lstm"
     hidden_size: int = 512

@@ -12,20 +12,46 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from datasets import DatasetDict
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
-from hftk.config import RECIPES_DIR, DataConfig, Recipe, _field
+from hftk.config import RECIPES_DIR, DataConfig, ModelConfig, Recipe, _field
 from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, to_rgb
 from hftk.errors import HftkError
-from hftk.evaluation import eval_dir, load_metric, plot_learning_curves, read_metrics, write_metrics
-from hftk.models.vision import build_image_classifier, processor_spec
+from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
+from hftk.models.vision import build_image_classifier, load_image_processor, processor_spec
+from hftk.tasks.contract import TrainerInputs
 
 logger = logging.getLogger(__name__)
 
 TASK = "image-classification"
+PIPELINE_TAG = "image-classification"
+AUTO_MODEL = "AutoModelForImageClassification"
 DEFAULT_RECIPE = RECIPES_DIR / TASK / "resnet-mnist.yaml"
+TINY_OVERRIDES = [
+    "data.name=digits",
+    "data.image_size=16",
+    "data.max_train_samples=256",
+    "data.max_eval_samples=64",
+    "train.max_steps=8",
+    "train.per_device_train_batch_size=16",
+    "train.eval_strategy=steps",
+    "train.eval_steps=4",
+    "train.save_strategy=steps",
+    "train.save_steps=4",
+    "train.logging_steps=2",
+]
 HEADLINE = ["accuracy", "top5_accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]
 TRAIN_DEFAULTS = {"metric_for_best_model": "accuracy"}
+TRAINING_ARGUMENTS = TrainingArguments
+PIPELINE_EXAMPLE = 'print(pipe("image.png", top_k=5))  # [{"label": ..., "score": ...}, ...]'
+
+
+@dataclass
+class ImageModelConfig(ModelConfig):
+    """The classifier: a timm architecture, a transformers model type (vit, resnet, convnext), a folder or Hub id."""
+
+    name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
+    freeze: Literal["none", "backbone"] = _field("none", "'backbone' trains only the classification head")
 
 
 @dataclass
@@ -57,7 +83,7 @@ class ImageDataConfig(DataConfig):
     augment: AugmentConfig = _field(AugmentConfig(), "training augmentation")
 
 
-CONFIG_CLASSES = {"data": ImageDataConfig}
+CONFIG_CLASSES = {"model": ImageModelConfig, "data": ImageDataConfig}
 
 
 def load_data(recipe: Recipe) -> DatasetDict:
@@ -117,6 +143,7 @@ def collate(features: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy, top-5 and macro-F1 from the logits the Trainer gathered (validation during training)."""
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     metrics = load_metric("classification").compute(predictions=logits, references=eval_pred.label_ids)
     return {k: metrics[k] for k in ("accuracy", "top5_accuracy", "f1_macro")}
@@ -144,66 +171,83 @@ def random_affine(
 class ImageClassificationTrainer(Trainer):
     """Trainer whose training batches get the random affine and, when asked, timm's mixup/cutmix.
 
-    Both act on whole batches; evaluation batches pass through untouched.
+    Both act on whole batches (one ``grid_sample`` per batch); evaluation batches pass through untouched.
     """
 
-    degrees = 0.0
-    translate = 0.0
-    scale: list[float] | None = None
-    mixup_alpha = 0.0
-    cutmix_alpha = 0.0
+    def __init__(self, *args: Any, augment: AugmentConfig, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.augment = augment
+        _, mean, std = processor_spec(self.processing_class)
+        self.fill = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1)  # black, normalised
+        self.mixup = None
+        if augment.mixup_alpha or augment.cutmix_alpha:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(
+                mixup_alpha=augment.mixup_alpha,
+                cutmix_alpha=augment.cutmix_alpha,
+                label_smoothing=self.args.label_smoothing_factor,
+                num_classes=self.model.config.num_labels,
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.degrees or self.translate or self.scale:
-            if getattr(self, "_fill", None) is None:  # black, normalised as the processor normalises
-                _, mean, std = processor_spec(self.processing_class)
-                self._fill = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1)
-            pixels = random_affine(inputs["pixel_values"], self.degrees, self.translate, self.scale, self._fill)
-            inputs = {**inputs, "pixel_values": pixels}
-        if not (self.mixup_alpha or self.cutmix_alpha) or len(inputs["labels"]) % 2:  # timm mixes pairs
+        aug = self.augment
+        if aug.degrees or aug.translate or aug.scale:
+            pixels = inputs["pixel_values"]
+            moved = random_affine(pixels, aug.degrees, aug.translate, aug.scale, self.fill.to(pixels.device))
+            inputs = {**inputs, "pixel_values": moved}
+        if self.mixup is None or len(inputs["labels"]) % 2:  # timm mixes pairs
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        from timm.data import Mixup
-
-        if getattr(self, "_mixup", None) is None:
-            self._mixup = Mixup(
-                mixup_alpha=self.mixup_alpha,
-                cutmix_alpha=self.cutmix_alpha,
-                label_smoothing=self.args.label_smoothing_factor,
-                num_classes=model.config.num_labels,
-            )
-        pixel_values, targets = self._mixup(inputs["pixel_values"], inputs["labels"])
+        pixel_values, targets = self.mixup(inputs["pixel_values"], inputs["labels"])
         outputs = model(pixel_values=pixel_values)
         loss = torch.sum(-targets * torch.log_softmax(outputs.logits.float(), dim=-1), dim=-1).mean()
         return (loss, outputs) if return_outputs else loss
 
 
-def build_trainer_class(recipe: Recipe) -> type[Trainer]:
-    aug = recipe.data.augment
+def build_trainer(inputs: TrainerInputs) -> Trainer:
+    """A Trainer with batch augmentation (affine, mixup/cutmix) when the recipe asks for it."""
+    kwargs = dict(
+        model=inputs.model,
+        args=inputs.args,
+        train_dataset=inputs.datasets["train"],
+        eval_dataset=inputs.datasets["validation"],
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+        processing_class=inputs.processor,
+        callbacks=inputs.callbacks,
+    )
+    aug = inputs.recipe.data.augment
     if not (aug.mixup_alpha or aug.cutmix_alpha or aug.degrees or aug.translate or aug.scale):
-        return Trainer
-    settings = {"degrees": aug.degrees, "translate": aug.translate, "scale": aug.scale}
-    settings.update(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha)
-    return type("ImageClassificationTrainer", (ImageClassificationTrainer,), settings)
+        return Trainer(**kwargs)
+    return ImageClassificationTrainer(augment=aug, **kwargs)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
+    """The run's final model (on the inference device) and processor, loaded as any transformers user would.
+
+    Cached per run folder and config.json time, so a run trained again in the same process is reloaded.
+    """
+    config = Path(run_dir) / "config.json"  # rewritten with every save_pretrained
+    return _load_run_model(str(run_dir), config.stat().st_mtime_ns if config.is_file() else 0)
 
 
 @functools.lru_cache(maxsize=4)
-def load_run_model(run_dir: str) -> tuple[Any, Any]:
-    """The run's final model and processor, loaded from safetensors as any transformers user would."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
+    from transformers import AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(run_dir, use_safetensors=True).eval()
-    return model, AutoImageProcessor.from_pretrained(run_dir)
+    model = AutoModelForImageClassification.from_pretrained(run_dir, use_safetensors=True)
+    return model.to(inference_device()).eval(), load_image_processor(run_dir, model.config)
 
 
 @torch.no_grad()
-def _logits(model: Any, processor: Any, images: list, batch_size: int) -> np.ndarray:
+def _logits(model: Any, processor: Any, data: Any, batch_size: int) -> np.ndarray:
+    """Logits of every image of ``data``, batch by batch on the model's device (never the whole split at once)."""
     out = []
-    for start in range(0, len(images), batch_size):
-        chunk = [to_rgb(im) for im in images[start : start + batch_size]]
-        pixels = processor(images=chunk, return_tensors="pt")["pixel_values"]
-        out.append(model(pixel_values=pixels).logits.float())
+    for batch in data.iter(batch_size=batch_size):
+        pixels = processor(images=[to_rgb(im) for im in batch["image"]], return_tensors="pt")["pixel_values"]
+        out.append(model(pixel_values=pixels.to(model.device)).logits.float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -213,10 +257,10 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
 
     out = eval_dir(run_dir, split, recipe.eval.split)
     data = load_data(recipe)[split]
-    model, processor = load_run_model(str(run_dir))
+    model, processor = load_run_model(run_dir)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    images, refs = data["image"], np.asarray(data["label"])
-    logits = _logits(model, processor, images, recipe.eval.batch_size)
+    refs = np.asarray(data["label"])
+    logits = _logits(model, processor, data, recipe.eval.batch_size)
     metrics = load_metric("classification").compute(predictions=logits, references=refs, top_k=5, labels=names)
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(refs)), refs], 1e-12, None)).mean())
@@ -226,12 +270,21 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     (out / "confusion_matrix.json").write_text(json.dumps({"labels": names, "matrix": confusion}))
     report.plot_confusion_matrix(confusion, names, out / "confusion_matrix.png")
     plot_learning_curves(run_dir, out / "learning_curves.png", "accuracy")
-    worst = report.write_worst_examples(images, refs, probs, names, out, recipe.eval.worst_examples)
+
+    def image_at(i: int) -> Any:
+        return data[int(i)]["image"]
+
+    worst = report.write_worst_examples(image_at, refs, probs, names, out, recipe.eval.worst_examples)
     if split == recipe.eval.split:
-        report.save_examples(images, refs, names, run_dir / "eval" / "examples", recipe.demo.examples)
+        report.save_examples(image_at, refs, names, run_dir / "eval" / "examples", recipe.demo.examples)
     report.write_report(out / "report.md", recipe, metrics, HEADLINE, names, worst)
     logger.info("%s on %s: %s", recipe.name, split, {k: round(metrics[k], 4) for k in HEADLINE})
     return metrics
+
+
+def example_inputs(run_dir: Path, count: int) -> list[str]:
+    """Test-split images saved by the evaluation (one per class first), as file paths."""
+    return sorted(str(p) for p in (Path(run_dir) / "eval" / "examples").glob("*.png"))[:count]
 
 
 def _expand_inputs(inputs: list) -> list:
@@ -251,7 +304,7 @@ def _open_image(item: Any):
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(item, (str, Path)):
-        return item
+        return to_rgb(item)
     try:
         with Image.open(item) as im:
             im.load()
@@ -262,34 +315,42 @@ def _open_image(item: Any):
         raise HftkError(f"{item}: not a readable image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)") from None
 
 
-@functools.lru_cache(maxsize=4)
-def _pipeline(run_dir: str):
+def _pipeline(run_dir: Path):
     from transformers import pipeline
 
     model, processor = load_run_model(run_dir)
-    return pipeline("image-classification", model=model, image_processor=processor, device="cpu")
+    return pipeline("image-classification", model=model, image_processor=processor, device=model.device)
 
 
-def predict(run_dir: str | Path, inputs: list, top_k: int = 5, **unused: Any) -> list[dict]:
+def predict(run_dir: Path, inputs: list, stream: Any = None, *, top_k: int = 5, batch_size: int = 32) -> list[dict]:
     """Top-k labels for image files, folders or PIL images: what ``pipeline("image-classification")`` returns.
 
-    Generation options (``stream``, ``temperature``...) that the CLI passes to every task are ignored.
-
     Returns:
-        One ``{"input": name, "predictions": [{"label", "score"}, ...]}`` per image.
+        One ``{"input": name, "predictions": [{"label", "score"}, ...]}`` per image; with ``stream``, also a line
+        ``name: label (score), ...`` per image as it is classified.
     """
     if top_k < 1:
         raise HftkError(f"--top-k {top_k}: expected a positive number")
+    if batch_size < 1:
+        raise HftkError(f"--batch-size {batch_size}: expected a positive number")
     items = _expand_inputs(list(inputs))
-    images = [_open_image(item) for item in items]
-    classifier = _pipeline(str(run_dir))
+    classifier = _pipeline(Path(run_dir))
     k = min(top_k, classifier.model.config.num_labels)
-    results = classifier([to_rgb(im) for im in images], top_k=k)
-    names = [str(i) if not isinstance(i, (str, Path)) else str(i) for i in items]
-    return [{"input": n, "predictions": r} for n, r in zip(names, results)]
+    results = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        images = [_open_image(item) for item in chunk]  # a bad file stops before any output of its batch
+        for item, predictions in zip(chunk, classifier(images, top_k=k, batch_size=batch_size)):
+            result = {"input": str(item), "predictions": predictions}
+            results.append(result)
+            if stream is not None:
+                shown = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in predictions)
+                stream.write(f"{result['input']}: {shown}\n")
+                stream.flush()
+    return results
 
 
-def demo(run_dir: str | Path):
+def demo(run_dir: Path):
     from hftk.demos.image_classification import build_demo
 
-    return build_demo(Path(run_dir), predict, read_metrics(Path(run_dir)), HEADLINE)
+    return build_demo(Path(run_dir), predict, read_metrics(Path(run_dir)), HEADLINE, example_inputs(run_dir, 64))

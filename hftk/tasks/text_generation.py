@@ -19,22 +19,44 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
+from hftk import generation
 from hftk.config import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, _field
 from hftk.data import lm
 from hftk.data.text import load_text_data
 from hftk.errors import HftkError
-from hftk.evaluation import eval_dir, plot_learning_curves, read_metrics, write_metrics
+from hftk.evaluation import eval_dir, inference_device, plot_learning_curves, read_metrics, write_metrics
 from hftk.evaluation import text as report
-from hftk.models.text import RNN_CELLS, StopFlag, build_causal_lm, check_block_size, context_length, load_pretrained
+from hftk.generation import context_length
+from hftk.models.text import RNN_CELLS, build_causal_lm, load_tokenizer
+from hftk.tasks.contract import TrainerInputs
 
 logger = logging.getLogger(__name__)
 
 TASK = "text-generation"
+PIPELINE_TAG = "text-generation"
+AUTO_MODEL = "AutoModelForCausalLM"
 DEFAULT_RECIPE = RECIPES_DIR / TASK / "gpt-python-docs.yaml"
+TINY_OVERRIDES = [
+    "budget.minutes=null",
+    "model.model_args={n_layer: 1, n_embd: 32, n_head: 2}",
+    "data.vocab_size=320",
+    "data.block_size=32",
+    "data.max_train_samples=40",
+    "data.max_eval_samples=8",
+    "train.max_steps=8",
+    "train.per_device_train_batch_size=8",
+    "train.eval_steps=4",
+    "train.save_steps=4",
+    "train.logging_steps=2",
+    "eval.sample_tokens=8",
+    "eval.dynamic_lr=null",
+]
 HEADLINE = ["bits_per_byte", "dynamic_bits_per_byte", "perplexity", "loss"]  # dynamic: when eval.dynamic_lr is set
 TRAIN_DEFAULTS = {"metric_for_best_model": "bits_per_byte", "greater_is_better": False}
+TRAINING_ARGUMENTS = TrainingArguments
+PIPELINE_EXAMPLE = 'print(pipe("The", max_new_tokens=50, do_sample=True)[0]["generated_text"])'
 
 
 @dataclass
@@ -103,10 +125,8 @@ def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
     """Pretrained weights and tokenizer, or a random-init model with a BPE tokenizer trained on ``train``."""
     _check_data(recipe)
     if recipe.model.pretrained:
-        model, tokenizer = load_pretrained(recipe.model)
-        check_block_size(model.config, recipe.data.block_size)
-        return model, tokenizer
-    if recipe.data.tokenizer:
+        tokenizer = load_tokenizer(recipe.model)
+    elif recipe.data.tokenizer:
         from transformers import AutoTokenizer
 
         try:
@@ -116,8 +136,7 @@ def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     else:
         tokenizer = lm.train_bpe_tokenizer(data["train"]["text"], recipe.data.vocab_size, recipe.data.min_frequency)
-    model = build_causal_lm(recipe.model, tokenizer, recipe.data.block_size)
-    return model, tokenizer
+    return build_causal_lm(recipe.model, tokenizer, recipe.data.block_size), tokenizer
 
 
 def _is_recurrent(recipe: Recipe) -> bool:
@@ -148,46 +167,61 @@ def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> Datas
     return out
 
 
-collate = lm.collate
-
-
 def compute_metrics(eval_pred) -> dict[str, float]:
-    """Bits per byte and perplexity from per-window [nats, tokens, bytes] (see ``TextGenerationTrainer``)."""
+    """Bits per byte and perplexity from per-window [nats, tokens, bytes] (see ``build_trainer``)."""
     sums = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3).sum(axis=0)
     metrics = report.language_model_metrics(sums[0], int(sums[1]), int(sums[2]))
     return {"bits_per_byte": metrics["bits_per_byte"], "perplexity": metrics["perplexity"]}
 
 
-class TextGenerationTrainer(Trainer):
-    """Trainer that reduces evaluation logits to per-window sums (no vocabulary-sized arrays kept) and samples
-    from fixed prompts at each evaluation (TensorBoard and ``samples.jsonl``)."""
+def build_trainer(inputs: TrainerInputs) -> Trainer:
+    """A Trainer that reduces evaluation logits to per-window sums (no vocabulary-sized arrays are gathered)
+    and samples from the recipe's prompts at each evaluation (TensorBoard and ``samples.jsonl``)."""
+    tokenizer, cfg = inputs.processor, inputs.recipe.eval
+    byte_lengths = torch.from_numpy(lm.token_byte_lengths(tokenizer))
 
-    prompts: list[str] = []
-    sample_tokens = 48
-
-    def __init__(self, *args, **kwargs):
-        from transformers.integrations import TensorBoardCallback
-
-        kwargs.setdefault("preprocess_logits_for_metrics", self._window_nats)
-        super().__init__(*args, **kwargs)
-        self._byte_lengths = torch.from_numpy(lm.token_byte_lengths(self.processing_class))
-        sampler = report.SampleCallback(self.processing_class, list(self.prompts), self.sample_tokens)
-        tensorboard = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)]
-        sampler.tensorboard = tensorboard[0] if tensorboard else None
-        self.add_callback(sampler)
-
-    def _window_nats(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+    def window_nats(logits: Any, labels: torch.Tensor) -> torch.Tensor:
         logits = logits[0] if isinstance(logits, tuple) else logits
-        return report.window_nats(logits, labels, self._byte_lengths)
+        return report.window_nats(logits, labels, byte_lengths)
+
+    def sample(model: Any) -> list[dict]:
+        return sample_continuations(model, tokenizer, list(cfg.prompts), cfg.sample_tokens)
+
+    return Trainer(
+        model=inputs.model,
+        args=inputs.args,
+        train_dataset=inputs.datasets["train"],
+        eval_dataset=inputs.datasets["validation"],
+        data_collator=lm.collate,
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        callbacks=[*inputs.callbacks, generation.SampleCallback(sample)],
+        preprocess_logits_for_metrics=window_nats,
+    )
 
 
-def build_trainer_class(recipe: Recipe) -> type[Trainer]:
-    attrs = {"prompts": list(recipe.eval.prompts), "sample_tokens": recipe.eval.sample_tokens}
-    return type("TextGenerationTrainer", (TextGenerationTrainer,), attrs)
+def prompt_inputs(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> tuple[dict, int]:
+    """``[eos] + prompt`` as the model saw documents start, fitted to its context with the new tokens."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.eos_token_id, *ids] if tokenizer.eos_token_id is not None else ids
+    ids, new = generation.fit_to_context(ids, max_new_tokens, context_length(model.config))
+    tensor = torch.tensor([ids])
+    return {"input_ids": tensor, "attention_mask": torch.ones_like(tensor)}, new
+
+
+def sample_continuations(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """One sampled continuation per prompt (temperature 0.8, top-p 0.95, seed 0: comparable over steps)."""
+    samples = []
+    for prompt in prompts:
+        torch.manual_seed(0)
+        inputs, new = prompt_inputs(model, tokenizer, prompt, max_new_tokens)
+        options = generation.generation_options(max_new_tokens=new, temperature=0.8, top_p=0.95, top_k=0)
+        samples.append({"prompt": prompt, "output": generation.generate_texts(model, tokenizer, inputs, **options)[0]})
+    return samples
 
 
 def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
-    """The run's final model and tokenizer, loaded as any transformers user would (after ``import hftk``).
+    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would.
 
     Cached per run folder and config.json time, so a run trained again in the same process is reloaded.
     """
@@ -199,17 +233,17 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
 def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    return model, tokenizer
+    return model.to(inference_device()).eval(), tokenizer
 
 
 def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]:
     """Bits per byte, perplexity and loss on ``split``; writes metrics.json, report.md, learning curves."""
     out = eval_dir(run_dir, split, recipe.eval.split)
     texts = load_data(recipe)[split]["text"]
-    model, tokenizer = load_run_model(str(run_dir))
+    model, tokenizer = load_run_model(run_dir)
     context = context_length(model.config)
     block = min(recipe.data.block_size, context or recipe.data.block_size)
     stream, num_bytes = lm.token_stream(tokenizer, texts), report.total_bytes(texts)
@@ -224,8 +258,9 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
         metrics.update(dynamic_metrics(model, stream, context and block, num_bytes, recipe.eval))
     write_metrics(out, metrics)
     plot_learning_curves(run_dir, out / "learning_curves.png", "bits_per_byte")
-    samples = report.generate_samples(model, tokenizer, list(recipe.eval.prompts), recipe.eval.sample_tokens)
-    report.write_report(out / "report.md", recipe, metrics, HEADLINE, samples, report.read_sample_history(run_dir))
+    samples = sample_continuations(model, tokenizer, list(recipe.eval.prompts), recipe.eval.sample_tokens)
+    history = generation.read_sample_history(run_dir)
+    report.write_report(out / "report.md", recipe, metrics, HEADLINE, samples, history)
     logger.info("%s on %s: %s", recipe.name, split, {k: round(metrics[k], 4) for k in HEADLINE if k in metrics})
     return metrics
 
@@ -242,93 +277,64 @@ def dynamic_metrics(
     return {"dynamic_bits_per_byte": metrics["bits_per_byte"], "dynamic_loss": metrics["loss"]}
 
 
-def _prompt_ids(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> torch.Tensor:
-    """``[eos] + prompt`` as the model saw documents start; a prompt too long for the context keeps its end."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = [tokenizer.eos_token_id, *ids] if tokenizer.eos_token_id is not None else ids
-    context = context_length(model.config)
-    if context is not None:
-        if max_new_tokens >= context:
-            raise HftkError(f"max_new_tokens {max_new_tokens}: the model's context is {context} tokens; ask for fewer")
-        room = context - max_new_tokens
-        if len(ids) > room:
-            logger.warning(
-                "prompt of %d tokens is longer than the context leaves room for; keeping its last %d", len(ids), room
-            )
-            ids = ids[-room:]
-    return torch.tensor([ids])
-
-
-def generation_options(max_new_tokens=100, temperature=0.8, top_k=None, top_p=0.95, repetition_penalty=None) -> dict:
-    """``generate()`` keyword arguments from the CLI/demo options, checked (temperature 0 means greedy)."""
-    if max_new_tokens is None or max_new_tokens < 1:
-        raise HftkError(f"max_new_tokens {max_new_tokens}: expected a positive number of tokens")
-    if temperature is not None and temperature < 0:
-        raise HftkError(f"temperature {temperature}: expected 0 (greedy) or more")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise HftkError(f"top_p {top_p}: expected a probability in (0, 1]")
-    if top_k is not None and top_k < 0:
-        raise HftkError(f"top_k {top_k}: expected 0 (off) or a positive number")
-    if repetition_penalty is not None and repetition_penalty <= 0:
-        raise HftkError(f"repetition_penalty {repetition_penalty}: expected a positive number (1: none)")
-    options: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "repetition_penalty": repetition_penalty or 1.0}
-    if not temperature:
-        return {**options, "do_sample": False}
-    return {**options, "do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
-
-
 def iter_generate(
-    run_dir: str | Path, prompt: str, stop: threading.Event | None = None, seed=None, **options
+    run_dir: Path, prompt: str, stop: threading.Event | None = None, seed: int | None = None, **options: Any
 ) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece as tokens are generated (``stop`` ends it early)."""
-    from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-    kwargs = generation_options(**options)
-    model, tokenizer = load_run_model(str(run_dir))
-    ids = _prompt_ids(model, tokenizer, prompt, kwargs["max_new_tokens"])
-    stop = stop or threading.Event()
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-
-    def run() -> None:
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.no_grad():
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([StopFlag(stop)]),
-                pad_token_id=tokenizer.pad_token_id,
-                **kwargs,
-            )
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield from streamer
-    finally:
-        stop.set()  # the consumer went away (stop button, closed pipe): end generation
-        thread.join()
+    kwargs = generation.generation_options(**options)
+    model, tokenizer = load_run_model(run_dir)
+    inputs, kwargs["max_new_tokens"] = prompt_inputs(model, tokenizer, prompt, kwargs["max_new_tokens"])
+    yield from generation.stream_generate(model, tokenizer, inputs, stop, seed, **kwargs)
 
 
-def predict(run_dir: str | Path, inputs: list[str], stream: Any = None, **options: Any) -> list[dict]:
+def example_inputs(run_dir: Path, count: int) -> list[str]:
+    """The recipe's sample prompts, then the first words of test documents."""
+    from hftk.evaluation import load_run_recipe
+
+    recipe = load_run_recipe(run_dir)
+    prompts = list(recipe.eval.prompts)
+    for text in load_data(recipe)["test"]["text"][:count]:
+        words = text.split()[:4]
+        if words and len(prompts) < count:
+            prompts.append(" ".join(words))
+    return prompts[:count]
+
+
+def predict(
+    run_dir: Path,
+    inputs: list[str],
+    stream: Any = None,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+) -> list[dict]:
     """Continue each prompt; ``stream`` (a file such as sys.stdout) shows the text as it is generated.
 
-    Options: ``max_new_tokens`` (100), ``temperature`` (0.8; 0 = greedy), ``top_k`` (off), ``top_p`` (0.95),
-    ``repetition_penalty`` (1.0), ``seed`` (None: random).
+    ``temperature`` 0 is greedy; ``top_k`` 0 is off; ``seed`` makes sampling repeatable.
 
     Returns:
         One ``{"input": prompt, "generated_text": prompt + continuation, "continuation": str}`` per prompt,
         the shape ``pipeline("text-generation")`` uses for ``generated_text``.
     """
-    generation_options(**{k: v for k, v in options.items() if k != "seed"})  # bad options fail before any output
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+    )
+    generation.generation_options(**options)  # bad options fail before any output
     results = []
     for prompt in inputs:
         if stream is not None:
             stream.write(prompt)
             stream.flush()
         pieces = []
-        for piece in iter_generate(run_dir, str(prompt), **options):
+        for piece in iter_generate(Path(run_dir), str(prompt), seed=seed, **options):
             pieces.append(piece)
             if stream is not None:
                 stream.write(piece)
@@ -340,7 +346,8 @@ def predict(run_dir: str | Path, inputs: list[str], stream: Any = None, **option
     return results
 
 
-def demo(run_dir: str | Path):
+def demo(run_dir: Path):
     from hftk.demos.text_generation import build_demo
 
-    return build_demo(Path(run_dir), iter_generate, read_metrics(Path(run_dir)), HEADLINE)
+    metrics = read_metrics(Path(run_dir))
+    return build_demo(Path(run_dir), iter_generate, metrics, HEADLINE, example_inputs(Path(run_dir), 5))

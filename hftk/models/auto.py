@@ -1,0 +1,183 @@
+"""One model resolver for every task: ``model.name`` in a recipe -> a model of the task's transformers Auto class.
+
+``model.name`` is looked up in this order:
+
+1. a local folder (written by ``save_pretrained``, or timm's Hub layout);
+2. a name the task builds itself (timm architectures for images, ``lstm``/``gru`` for text...);
+3. a transformers model type (``vit``, ``gpt2``, ``t5``, ``rt_detr``): random init from its config, with
+   ``model.model_args`` as config fields (a typo is an error, not a silently ignored field);
+4. a Hub id (``owner/name``).
+
+For a folder or Hub id, ``model.pretrained=true`` loads the weights, from safetensors only (a checkpoint that is
+only a pickle is refused), and logs every weight that was not loaded (a new head for a new label count);
+``pretrained=false`` takes only the config. ``trust_remote_code`` is passed through and stays off by default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from hftk.errors import HftkError
+
+logger = logging.getLogger(__name__)
+
+# (config) -> None: a task's last word on a config it builds from scratch (context length, image size...)
+PrepareConfig = Callable[[Any], None]
+# (model config, config fields) -> model, or None when the name is not one the task builds itself
+CustomBuilder = Callable[[Any, dict], Any]
+
+
+def load_model(
+    cfg: Any,
+    auto_class: type,
+    config_fields: dict[str, Any] | None = None,
+    custom: CustomBuilder | None = None,
+    prepare_config: PrepareConfig | None = None,
+    candidates: Iterable[str] = (),
+) -> Any:
+    """Build or load the model ``cfg.name`` names, as an instance of ``auto_class``'s models.
+
+    Args:
+        cfg: the recipe's ``model`` section (``name``, ``pretrained``, ``model_args``, ``revision``,
+            ``trust_remote_code``).
+        auto_class: the task's Auto class, e.g. ``AutoModelForImageClassification``.
+        config_fields: config fields the task decides (``id2label``, ``vocab_size``...); they win over the
+            checkpoint's own.
+        custom: builds the names only this task knows (returns None for other names).
+        prepare_config: adjusts a config before a random-init model is built from it.
+        candidates: task-specific names offered when ``cfg.name`` matches nothing.
+    """
+    from transformers import CONFIG_MAPPING
+
+    name = cfg.name
+    fields = dict(config_fields or {})
+    if not name:
+        raise HftkError("model.name: not set; expected a model type (e.g. vit, gpt2, t5), a local folder or a Hub id")
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return _from_checkpoint(cfg, str(folder), auto_class, fields, prepare_config)
+    if custom is not None:
+        model = custom(cfg, fields)
+        if model is not None:
+            return model
+    if name in CONFIG_MAPPING:
+        config = build_config(name, cfg.model_args, fields)
+        return _from_config(config, auto_class, cfg, prepare_config)
+    if "/" in name and not name.startswith(("/", ".", "~")):
+        return _from_checkpoint(cfg, name, auto_class, fields, prepare_config)
+    if "/" in name:
+        raise HftkError(f"model.name '{name}': no such folder")
+    hint = difflib.get_close_matches(name, [*candidates, *CONFIG_MAPPING.keys()], n=1, cutoff=0.7)
+    guess = f"did you mean '{hint[0]}'? " if hint else ""
+    raise HftkError(
+        f"model.name '{name}': not a model type, a name this task builds, a local folder or a Hub id; {guess}"
+        "(`hftk recipes --keys` describes model.name)"
+    )
+
+
+def build_config(model_type: str, model_args: dict, fields: dict) -> Any:
+    """The config of a transformers model type with ``model_args`` (checked for typos) and the task's fields."""
+    from transformers import AutoConfig
+
+    try:
+        base = AutoConfig.for_model(model_type, **fields)
+        check_model_args(base, model_args, model_type)
+        return AutoConfig.for_model(model_type, **fields, **model_args)
+    except (TypeError, ValueError, KeyError, IndexError) as err:
+        raise HftkError(f"model.model_args for '{model_type}': {error_line(err)}") from None
+
+
+def check_model_args(config: Any, args: dict, name: str) -> None:
+    """Config classes keep unknown keyword arguments silently; a typo in model_args must not train a default."""
+    known = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+    for key in args:
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            guess = f"did you mean '{hint[0]}'?" if hint else "see the model's config class for its fields"
+            raise HftkError(f"model.model_args.{key}: not a field of the {name} config; {guess}")
+
+
+def _from_config(config: Any, auto_class: type, cfg: Any, prepare_config: PrepareConfig | None) -> Any:
+    if prepare_config is not None:
+        prepare_config(config)
+    try:
+        return auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as err:
+        raise HftkError(f"model '{cfg.name}': cannot build it from this config ({error_line(err)})") from None
+
+
+def _from_checkpoint(cfg: Any, name: str, auto_class: type, fields: dict, prepare_config: PrepareConfig | None) -> Any:
+    from transformers import AutoConfig
+
+    hub = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if not cfg.pretrained:
+        try:
+            config = AutoConfig.from_pretrained(name, **hub, **fields)
+        except (OSError, ValueError) as err:
+            raise _cannot_load(name, err) from None
+        check_model_args(config, cfg.model_args, name)
+        for key, value in cfg.model_args.items():
+            setattr(config, key, value)
+        return _from_config(config, auto_class, cfg, prepare_config)
+    try:
+        model, info = auto_class.from_pretrained(
+            name,
+            use_safetensors=True,  # never unpickle downloaded weights
+            ignore_mismatched_sizes=True,  # a new label count gets a new head (logged below)
+            output_loading_info=True,
+            **hub,
+            **fields,
+            **cfg.model_args,
+        )
+    except (OSError, ValueError, TypeError) as err:
+        raise _cannot_load(name, err) from None
+    log_loading_info(name, info)
+    return model
+
+
+def log_loading_info(name: str, info: dict) -> list[str]:
+    """Log the weights that were not loaded from ``name`` (and so start from random init); return their names."""
+    mismatched = sorted(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ()))
+    missing = sorted(info.get("missing_keys", ()))
+    fresh = missing + mismatched
+    if fresh:
+        shown = ", ".join(fresh[:8]) + (f" and {len(fresh) - 8} more" if len(fresh) > 8 else "")
+        logger.warning(
+            "%s: %d weights not in the checkpoint or of another shape, initialised: %s", name, len(fresh), shown
+        )
+    else:
+        logger.info("%s: every weight loaded from the checkpoint", name)
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    if unexpected:
+        logger.info("%s: %d checkpoint weights unused (e.g. %s)", name, len(unexpected), unexpected[0])
+    return fresh
+
+
+def _cannot_load(name: str, err: Exception) -> HftkError:
+    text = error_line(err)
+    if "safetensors" in text.lower() or "model.safetensors" in text:
+        return HftkError(
+            f"model.name '{name}': no safetensors weights ({text[:160]}); hftk loads weights from safetensors only "
+            "(convert the checkpoint with save_pretrained, which writes model.safetensors)"
+        )
+    return HftkError(
+        f"model.name '{name}': cannot load it ({text[:200]}); expected a folder written by save_pretrained "
+        "or a reachable Hub id (offline: use a local folder)"
+    )
+
+
+def error_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
