@@ -194,14 +194,23 @@ def test_mixup_trainer_trains_with_soft_targets(tmp_path):
     recipe = load_recipe("image-classification", overrides)
     model, processor = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
     args = build_training_arguments(recipe, tmp_path, task.TRAINING_ARGUMENTS)
-    trainer = task.build_trainer(TrainerInputs(recipe, model, processor, {"train": None, "validation": None}, args, []))
+    trainer = task.build_trainer(
+        TrainerInputs(recipe, model, processor, {"train": None, "validation": None}, args, [])
+    )
     assert isinstance(trainer, task.ImageClassificationTrainer) and trainer.mixup.mixup_alpha == 0.4
     inputs = {"pixel_values": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0])}
     model.train()
     loss = trainer.compute_loss(model, inputs)
     assert torch.isfinite(loss) and loss.requires_grad
     plain = task.build_trainer(
-        TrainerInputs(load_recipe(DIGITS, ["train.eval_strategy=no"]), model, processor, {"train": None, "validation": None}, args, [])
+        TrainerInputs(
+            load_recipe(DIGITS, ["train.eval_strategy=no"]),
+            model,
+            processor,
+            {"train": None, "validation": None},
+            args,
+            [],
+        )
     )
     assert type(plain).__name__ == "Trainer"  # no batch augmentation asked: the plain Trainer
 

@@ -16,20 +16,25 @@ from hftk.errors import HftkError
 
 
 def readable_image_input(**kwargs):
-    """A ``gr.Image`` (PIL) that answers an undecodable upload with "<name>: not a readable image ..."."""
+    """A ``gr.Image`` (PIL) that answers an undecodable upload with "<name>: not a readable image ...".
+
+    The instance's ``preprocess`` is wrapped rather than the class subclassed: gradio's component metaclass
+    writes a ``.pyi`` file beside any module that subclasses a component, and a subclass needs a frontend.
+    """
     import gradio as gr
 
-    class ReadableImage(gr.Image):
-        is_template = True  # gradio's mark for a subclass that reuses its base's frontend (as gr.Sketchpad does)
+    image = gr.Image(type="pil", sources=["upload", "webcam", "clipboard"], **kwargs)
+    decode = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError is an OSError
-                name = Path(getattr(payload, "orig_name", None) or getattr(payload, "path", None) or "upload").name
-                raise gr.Error(f"{name}: not a readable image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)") from err
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError is an OSError
+            name = Path(getattr(payload, "orig_name", None) or getattr(payload, "path", None) or "upload").name
+            raise gr.Error(f"{name}: not a readable image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)") from err
 
-    return ReadableImage(type="pil", sources=["upload", "webcam", "clipboard"], **kwargs)
+    image.preprocess = preprocess
+    return image
 
 
 def build_demo(
