@@ -9,13 +9,14 @@ length, ``data.packing=false``). Evaluation reads sliding windows that predict e
 from __future__ import annotations
 
 import logging
-import random
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +68,43 @@ class PackedBlocks(torch.utils.data.Dataset):
 
     ``len`` is the number of whole blocks in the stream, so an epoch sees about as many tokens as the split
     has; random offsets make each epoch see different block boundaries (a cheap regulariser on small corpora).
+    A block's offset is a function of (seed, epoch, index) alone, never of a global random state: a run resumed
+    from a checkpoint, or split over processes, reads the same blocks as one uninterrupted process (the global
+    state drifted with the batch the data loader fetches ahead, so resumed runs read other blocks).
     """
 
-    def __init__(self, stream: np.ndarray, block_size: int, random_offsets: bool = True):
+    def __init__(self, stream: np.ndarray, block_size: int, random_offsets: bool = True, seed: int = 0):
         self.stream = torch.from_numpy(stream)
         self.block_size = min(block_size, len(stream))
         self.random_offsets = random_offsets
         self.num_blocks = max(1, len(stream) // self.block_size)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_blocks
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.random_offsets:
-            start = random.randint(0, len(self.stream) - self.block_size)
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            start = int(rng.integers(0, len(self.stream) - self.block_size + 1))
         else:
             start = index * self.block_size
         ids = self.stream[start : start + self.block_size]
         return {"input_ids": ids, "labels": ids}
+
+
+class EpochCallback(TrainerCallback):
+    """Tells a dataset with ``set_epoch`` which epoch begins (accelerate forwards it only in some setups)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-6))  # a run resumed mid-epoch resumes that epoch
 
 
 def document_examples(tokenizer: Any, texts: list[str], block_size: int, flatten: bool) -> list[dict]:

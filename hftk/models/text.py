@@ -75,6 +75,9 @@ def build_causal_lm(cfg: Any, tokenizer: Any, block_size: int) -> Any:
         cfg, AutoModelForCausalLM, fields, custom=rnn, prepare_config=context_from_block_size, candidates=RNN_CELLS
     )
     check_block_size(model.config, block_size)
+    context = context_length(model.config)
+    if context is not None:  # pipeline("text-generation") with its defaults then stops at the context
+        model.generation_config.max_length = context
     return model
 
 

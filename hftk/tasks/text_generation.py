@@ -154,7 +154,7 @@ def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> Datas
     stride = cfg.eval_stride or max(1, cfg.block_size // 2)
     if cfg.packing:
         stream = lm.token_stream(processor, data["train"]["text"])
-        train = lm.PackedBlocks(stream, cfg.block_size, cfg.random_offsets)
+        train = lm.PackedBlocks(stream, cfg.block_size, cfg.random_offsets, recipe.train.get("seed", 42))
         logger.info("train: %s tokens in %d blocks of %d", f"{len(stream):,}", len(train), train.block_size)
     else:
         flatten = not _is_recurrent(recipe)  # GPT-style models take position_ids; recurrent ones get padding
@@ -195,9 +195,13 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
         data_collator=lm.collate,
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
-        callbacks=[*inputs.callbacks, generation.SampleCallback(sample)],
+        callbacks=[*inputs.callbacks, generation.SampleCallback(sample), *_epoch_callbacks(inputs.datasets["train"])],
         preprocess_logits_for_metrics=window_nats,
     )
+
+
+def _epoch_callbacks(train: Any) -> list:
+    return [lm.EpochCallback(train)] if hasattr(train, "set_epoch") and not isinstance(train, Dataset) else []
 
 
 def prompt_inputs(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> tuple[dict, int]:
@@ -212,11 +216,13 @@ def prompt_inputs(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) 
 def sample_continuations(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """One sampled continuation per prompt (temperature 0.8, top-p 0.95, seed 0: comparable over steps)."""
     samples = []
-    for prompt in prompts:
-        torch.manual_seed(0)
-        inputs, new = prompt_inputs(model, tokenizer, prompt, max_new_tokens)
-        options = generation.generation_options(max_new_tokens=new, temperature=0.8, top_p=0.95, top_k=0)
-        samples.append({"prompt": prompt, "output": generation.generate_texts(model, tokenizer, inputs, **options)[0]})
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):  # training's RNG
+        for prompt in prompts:  # stream goes on as if no sample had been drawn
+            torch.manual_seed(0)
+            inputs, new = prompt_inputs(model, tokenizer, prompt, max_new_tokens)
+            options = generation.generation_options(max_new_tokens=new, temperature=0.8, top_p=0.95, top_k=0)
+            text = generation.generate_texts(model, tokenizer, inputs, **options)[0]
+            samples.append({"prompt": prompt, "output": text})
     return samples
 
 
