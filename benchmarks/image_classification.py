@@ -125,6 +125,7 @@ def _hftk_trainer(steps: int, batch: int, out: Path):
     """hftk's path, as `hftk train` builds it (task data, model, transforms, collate, Trainer class)."""
     from hftk.config import load_recipe
     from hftk.tasks import get_task
+    from hftk.tasks.contract import TrainerInputs
     from hftk.training import build_training_arguments
 
     recipe = load_recipe(
@@ -144,10 +145,8 @@ def _hftk_trainer(steps: int, batch: int, out: Path):
     data = task.load_data(recipe)
     model, processor = task.build_model(recipe, data)
     datasets = task.prepare_datasets(recipe, data, processor)
-    args = build_training_arguments(recipe, out / "hftk")
-    return task.build_trainer_class(recipe)(
-        model=model, args=args, train_dataset=datasets["train"], data_collator=task.collate, processing_class=processor
-    )
+    args = build_training_arguments(recipe, out / "hftk", task.TRAINING_ARGUMENTS)
+    return task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, []))
 
 
 def throughput(rounds: int, steps: int, batch: int, out: Path) -> dict:

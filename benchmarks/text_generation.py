@@ -103,7 +103,7 @@ def plain_tokens_per_second(steps: int, out: Path) -> float:
 
     from hftk.data import lm
     from hftk.data.text import load_text_data
-    from hftk.models.text import build_config
+    from hftk.models import build_config
 
     recipe = _throughput_setup(steps)
     set_seed(42)
@@ -113,7 +113,9 @@ def plain_tokens_per_second(steps: int, out: Path) -> float:
     ids = [t for doc in tokenizer(list(data["train"]["text"]))["input_ids"] for t in doc + [tokenizer.eos_token_id]]
     blocks = [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
     train_ds = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-    model = AutoModelForCausalLM.from_config(build_config(recipe.model, tokenizer, block))
+    ids_ = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    fields = {"vocab_size": len(tokenizer), "n_positions": block, **ids_}
+    model = AutoModelForCausalLM.from_config(build_config(recipe.model.name, recipe.model.model_args, fields))
     args = {k: v for k, v in recipe.train.items() if k not in ("metric_for_best_model", "greater_is_better")}
     trainer = Trainer(
         model=model,

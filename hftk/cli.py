@@ -4,6 +4,7 @@ Usage:
     hftk train TASK_ID|RECIPE.yaml [KEY=VALUE ...] [--output-dir runs/mine] [--resume | --overwrite]
     hftk evaluate RUN_DIR [--split validation]
     hftk predict RUN_DIR INPUT... [--json] [--OPTION VALUE ...]     (options: the run's task's own)
+    hftk chat RUN_DIR [--OPTION VALUE ...]                          (tasks with an interactive mode)
     hftk demo RUN_DIR [--host 127.0.0.1] [--port 7860]
     hftk push RUN_DIR --repo-id user/name [--private | --public]
     hftk recipes [--keys [TASK_ID]]
@@ -64,6 +65,23 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         for result in results:
             print(json.dumps(result))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from hftk.evaluation import load_run_recipe, require_model
+    from hftk.tasks import get_task
+    from hftk.tasks.contract import parse_predict_options
+
+    recipe = load_run_recipe(args.run_dir)
+    require_model(Path(args.run_dir))
+    task = get_task(recipe.task)
+    if not hasattr(task, "chat"):
+        raise HftkError(
+            f"{args.run_dir}: {task.TASK} runs have no interactive mode; use `hftk predict` or `hftk demo`"
+        )
+    options = parse_predict_options(task, _option_pairs(args.options), function=task.chat)
+    task.chat(Path(args.run_dir), input_fn=input, output=sys.stdout, **options)
     return 0
 
 
@@ -163,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="what the run's task takes: files, folders or text")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_predict, options_allowed=True)
+
+    p = sub.add_parser(
+        "chat",
+        help="talk with a run's model in the terminal (tasks with an interactive mode)",
+        usage="hftk chat RUN_DIR [--OPTION VALUE ...]",
+    )
+    p.add_argument("run_dir")
+    p.set_defaults(func=_chat, options_allowed=True)
 
     p = sub.add_parser("demo", help="open the run's Gradio demo")
     p.add_argument("run_dir")

@@ -199,6 +199,9 @@ class TimeBudget(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
 
 
+BUDGET_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed} elapsed, {remaining} left{postfix}]"
+
+
 class BudgetProgress(ProgressCallback):
     """The progress bar of a clock-driven run: seconds of the budget, not steps of a nominal huge ``max_steps``."""
 
@@ -213,7 +216,13 @@ class BudgetProgress(ProgressCallback):
 
             total = round(self.budget.seconds)
             self.shown = min(total, round(self.budget.already))
-            self.training_bar = tqdm(total=total, initial=self.shown, unit="s", dynamic_ncols=True, desc="budget")
+            self.training_bar = tqdm(
+                total=total,
+                initial=self.shown,
+                dynamic_ncols=True,
+                desc="budget",
+                bar_format=BUDGET_BAR,
+            )
         self.current_step = 0
 
     def on_step_end(self, args, state, control, **kwargs):

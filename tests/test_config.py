@@ -105,3 +105,20 @@ def test_cli_bad_recipe_is_one_line_exit_2(cli, tmp_path):
     assert code == 2
     assert err.strip().count("\n") == 0 and "did you mean 'name'?" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_quickstart_fixes_its_work_and_evaluates_often():
+    """The default recipe trains a fixed number of steps (no clock), with >= 8 validation points on its curve."""
+    import math
+
+    recipe = load_recipe("image-classification")
+    assert recipe.budget.minutes is None  # a clock would make the result depend on the machine
+    train_size = 4000 - round(4000 * recipe.data.validation_size)
+    steps = recipe.train["num_train_epochs"] * math.ceil(train_size / recipe.train["per_device_train_batch_size"])
+    evaluations = steps // recipe.train["eval_steps"] if recipe.train["eval_strategy"] == "steps" else None
+    assert evaluations is not None and evaluations >= 8
+
+
+def test_readme_shows_the_shipped_quickstart_recipe():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert (RECIPES_DIR / "image-classification" / "resnet-mnist.yaml").read_text().strip() in readme

@@ -228,3 +228,14 @@ def test_batched_random_affine_moves_pixels_and_fills_borders_with_black():
     grey = torch.full((1, 1, 1, 1), -0.5)
     shifted = task.random_affine(torch.full((4, 1, 8, 8), -0.5), 0.0, 0.5, None, grey)
     torch.testing.assert_close(shifted, torch.full((4, 1, 8, 8), -0.5))  # borders get the fill value
+
+
+def test_pretrained_folder_without_safetensors_is_refused(tmp_path):
+    model, processor = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
+    model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    processor.save_pretrained(tmp_path / "pickled")
+    assert not (tmp_path / "pickled" / "model.safetensors").exists()
+    recipe = _recipe(str(tmp_path / "pickled"), {})
+    recipe.model.pretrained = True
+    with pytest.raises(HftkError, match="safetensors only"):
+        task.build_image_classifier(recipe.model, LABELS, 16)

@@ -133,12 +133,56 @@ def test_budget_schedule_follows_the_clock():
     assert _schedule_factor("cosine", 0.0, 2.0) == pytest.approx(0.0)
 
 
-def test_budget_run_stops_on_time_with_decaying_lr(cli, tmp_path):
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_budget_follows_the_clock_and_stops_when_it_is_spent():
+    from transformers import TrainerControl, TrainerState
+
+    from hftk.training import TimeBudget
+
+    clock = FakeClock()
+    budget = TimeBudget(1.0, "linear", 0.0, clock=clock)  # one minute
+    args = type("Args", (), {"save_strategy": "steps", "eval_strategy": "no"})()
+    state, control = TrainerState(), TrainerControl()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    budget.on_train_begin(args, state, control)
+    for seconds, expected in ((0, 1.0), (15, 0.75), (45, 0.25)):
+        clock.now = 100.0 + seconds
+        budget.on_step_begin(args, state, control, lr_scheduler=scheduler)
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+        budget.on_step_end(args, state, control)
+        assert not control.should_training_stop
+    clock.now = 160.0
+    budget.on_step_end(args, state, control)
+    assert control.should_training_stop and control.should_save and not control.should_evaluate
+
+
+def test_budget_with_fixed_steps_only_stops_the_run():
+    from hftk.training import TimeBudget
+
+    budget = TimeBudget(1.0, "linear", 0.0, follow_clock=False, clock=FakeClock())
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    budget.on_train_begin(None, None, None)
+    budget.on_step_begin(None, None, None, lr_scheduler=scheduler)
+    assert scheduler.lr_lambdas[0](0) == 0.5  # the step schedule is left alone
+
+
+def test_budget_run_schedules_by_clock_and_shows_budget_progress(cli, tmp_path, capsys):
     code, _, err = cli(
         "-q",
         "train",
         DIGITS,
-        "budget.minutes=0.1",
+        "budget.minutes=0.05",
         "train.lr_scheduler_type=linear",
         "train.eval_strategy=no",
         "train.save_strategy=no",
@@ -148,10 +192,31 @@ def test_budget_run_stops_on_time_with_decaying_lr(cli, tmp_path):
     )
     assert code == 0, err
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
-    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
-    assert 5.5 < results["train_runtime"] < 15  # 6 s budget; the clock, not a step count, stopped it
     lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
-    assert lrs[0] > lrs[-1] and lrs[-1] < 0.25 * 3e-3
+    assert lrs[0] > lrs[-1] and lrs[-1] < 0.5 * 3e-3  # the clock's schedule decayed it
+    assert state["global_step"] < 10**6  # the clock, not a step count, stopped it
+    assert "/3 s [" in err and " left" in err and "1000000000" not in err  # seconds of the budget, not steps
+
+
+def test_budget_with_max_steps_runs_every_step_on_the_step_schedule(cli, tmp_path):
+    code, _, err = cli(
+        "-q",
+        "train",
+        DIGITS,
+        "budget.minutes=30",
+        "train.max_steps=12",
+        "train.lr_scheduler_type=linear",
+        "train.eval_strategy=no",
+        "train.save_strategy=no",
+        "train.logging_steps=3",
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert code == 0, err
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    lrs = {h["step"]: h["learning_rate"] for h in state["log_history"] if "learning_rate" in h}
+    assert state["global_step"] == 12
+    assert lrs[3] == pytest.approx(3e-3 * (12 - 2) / 12, rel=1e-6)  # linear by steps (logged after step 3's update)
 
 
 def test_threads_follow_free_cores_and_local_processes(monkeypatch):

@@ -12,8 +12,9 @@ from hftk.cli import main
 from hftk.config import RECIPES_DIR, load_recipe
 from hftk.data import lm
 from hftk.data.text import PYTHON_DOCS_TEST_FRACTION, python_docs_text, split_python_docs
+from hftk.errors import HftkError
 from hftk.evaluation import text as lm_eval
-from hftk.models.text import context_length
+from hftk.generation import context_length
 from hftk.tasks import text_generation as task
 
 RECIPE = "recipes/text-generation/gpt-python-docs.yaml"
@@ -295,7 +296,7 @@ def test_jsonl_and_csv_with_a_text_column(tmp_path):
     for name in ("d.jsonl", "d.csv"):
         data = load_text_data(TextDataConfig(name=None, path=str(tmp_path / name), text_column="body"))
         assert sum(len(data[s]) for s in ("train", "validation", "test")) == 20  # the blank row is dropped
-    with pytest.raises(Exception, match="no column 'content'"):
+    with pytest.raises(HftkError, match="no column 'content'"):
         load_text_data(TextDataConfig(name=None, path=str(tmp_path / "d.jsonl"), text_column="content"))
 
 
@@ -344,3 +345,19 @@ def test_untied_rnn_saves_and_reloads(tmp_path):
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+def test_samples_longer_than_the_context_stop_at_it(cli, tmp_path, corpus):
+    """data.block_size=16 with 48-token samples: evaluation samples and predict stop at the 16-token context."""
+    code, _, err = cli(
+        *_tiny(corpus, "data.block_size=16", "eval.sample_tokens=48", "train.max_steps=4"),
+        "train.eval_steps=2",
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert code == 0, err
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["output"] is not None for s in samples)
+    result = task.predict(tmp_path / "run", ["The"], max_new_tokens=100, temperature=0)[0]
+    tokenizer = task.load_run_model(tmp_path / "run")[1]
+    assert 0 < len(tokenizer(result["continuation"], add_special_tokens=False)["input_ids"]) <= 16

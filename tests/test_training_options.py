@@ -98,9 +98,30 @@ def test_push_uploads_the_run_without_checkpoints_or_token(digits_run, monkeypat
     assert url.endswith("someone/digits") and calls["create"][1]["private"] is True
     upload = calls["upload"]
     assert upload["folder_path"] == str(digits_run) and "checkpoint-*" in upload["ignore_patterns"]
-    assert "token" not in upload
+    assert set(upload) == {"folder_path", "repo_id", "repo_type", "ignore_patterns"}  # no token argument
     with pytest.raises(HftkError, match="no repo id"):
         push_run(digits_run, None)
+
+
+@pytest.mark.parametrize("recipe_private", [True, False])
+@pytest.mark.parametrize("flags", [(), ("--public",), ("--private",)])
+def test_push_visibility_follows_the_recipe_unless_the_command_says(
+    digits_run, monkeypatch, cli, tmp_path, recipe_private, flags
+):
+    import shutil
+
+    import yaml
+
+    run = shutil.copytree(digits_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["hub"]["private"] = recipe_private
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    seen = {}
+    monkeypatch.setattr("hftk.hub.push_run", lambda run_dir, repo_id, private: seen.update(private=private) or "url")
+    code, _, err = cli("push", run, "--repo-id", "someone/digits", *flags)
+    assert code == 0, err
+    expected = {"--public": False, "--private": True}.get(flags[0] if flags else "", recipe_private)
+    assert seen["private"] is expected
 
 
 def test_accelerate_launch_two_processes(tmp_path):

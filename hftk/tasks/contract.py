@@ -84,6 +84,11 @@ class Task(Protocol):
         """The run's Gradio demo as a ``gradio.Blocks`` (not launched)."""
 
 
+# Optional parts of the contract, used when a task has them:
+#   chat(run_dir, input_fn, output, *, <options>) -> None: an interactive terminal session (`hftk chat RUN`);
+#       input_fn() returns the user's next line (EOFError ends it), answers are written to ``output``.
+
+
 def check_task(module: ModuleType) -> ModuleType:
     """Return ``module`` if it provides the whole contract; otherwise name what it lacks (a developer error)."""
     missing = [name for name in _contract_names() if not hasattr(module, name)]
@@ -98,13 +103,14 @@ def _contract_names() -> list[str]:
     return annotations + methods
 
 
-def predict_options(task: Any) -> dict[str, tuple[type, Any]]:
-    """The keyword-only options of ``task.predict``: name -> (type, default)."""
+def predict_options(task: Any, function: Callable | None = None) -> dict[str, tuple[type, Any]]:
+    """The keyword-only options of ``task.predict`` (or another of its functions): name -> (type, default)."""
     import inspect
     import typing
 
-    signature = inspect.signature(task.predict)
-    hints = typing.get_type_hints(task.predict)
+    function = function or task.predict
+    signature = inspect.signature(function)
+    hints = typing.get_type_hints(function)
     return {
         name: (hints.get(name, str), param.default)
         for name, param in signature.parameters.items()
@@ -112,9 +118,9 @@ def predict_options(task: Any) -> dict[str, tuple[type, Any]]:
     }
 
 
-def parse_predict_options(task: Any, pairs: dict[str, str]) -> dict[str, Any]:
-    """Typed predict options from ``{"top_k": "3"}``; an option the task does not take is a clear error."""
-    known = predict_options(task)
+def parse_predict_options(task: Any, pairs: dict[str, str], function: Callable | None = None) -> dict[str, Any]:
+    """Typed options from ``{"top_k": "3"}`` for ``task.predict`` (or ``function``); unknown ones are an error."""
+    known = predict_options(task, function)
     options = {}
     for name, text in pairs.items():
         if name not in known:
