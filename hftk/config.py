@@ -1,6 +1,7 @@
 """Recipes: a YAML file plus dotted ``KEY=VALUE`` overrides, validated into dataclasses.
 
-A recipe has the sections ``task``, ``model``, ``data``, ``train``, ``eval``, ``budget``, ``hub`` and ``demo``.
+A recipe has the sections ``task``, ``model``, ``data``, ``train``, ``eval``, ``budget``, ``regularization``, ``hub``
+and ``demo``.
 ``train`` holds ``transformers.TrainingArguments`` fields under their own names and is passed through; every
 other section is a dataclass below (a task may extend ``model`` and ``data`` with fields of its own). Unknown
 keys and wrong types are errors that name the key and suggest the closest valid one.
@@ -90,6 +91,17 @@ class BudgetConfig:
 
 
 @dataclass
+class RegularizationConfig:
+    """Regularization for every task (weight decay, label smoothing and clipping are `train:` fields)."""
+
+    ema_decay: float | None = _field(
+        None, "keep a moving average of the weights with this decay (e.g. 0.999); the saved model is the average"
+    )
+    l1: float = _field(0.0, "L1 penalty strength on weight matrices (0: off), e.g. 1e-5")
+    dropout: float | None = _field(None, "set every dropout probability of the model to this (None: the model's)")
+
+
+@dataclass
 class HubConfig:
     """Publishing to the Hugging Face Hub (`hftk push`). The token comes from HF_TOKEN or `hf auth login`."""
 
@@ -136,6 +148,7 @@ class Recipe:
     train: dict[str, Any]
     eval: EvalConfig
     budget: BudgetConfig
+    regularization: RegularizationConfig
     hub: HubConfig
     demo: DemoConfig
     name: str = "run"
@@ -144,7 +157,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, in section order, ready for YAML (no secrets: recipes hold none)."""
         out: dict[str, Any] = {"task": self.task, "name": self.name}
-        for section in ("model", "data", "train", "eval", "budget", "hub", "demo"):
+        for section in ("model", "data", "train", "eval", "budget", "regularization", "hub", "demo"):
             value = getattr(self, section)
             out[section] = dict(value) if isinstance(value, dict) else dataclasses.asdict(value)
         return out
@@ -155,12 +168,13 @@ class Recipe:
         path.write_text(header + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SECTIONS = ("model", "data", "eval", "budget", "hub", "demo")
+SECTIONS = ("model", "data", "eval", "budget", "regularization", "hub", "demo")
 BASE_SECTION_CLASSES: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
     "eval": EvalConfig,
     "budget": BudgetConfig,
+    "regularization": RegularizationConfig,
     "hub": HubConfig,
     "demo": DemoConfig,
 }

@@ -29,6 +29,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from hftk.config import Recipe, load_recipe
 from hftk.errors import HftkError
 from hftk.models import count_parameters
+from hftk.regularization import build_callbacks as build_regularization
+from hftk.regularization import set_dropout
 from hftk.tasks import get_task
 from hftk.tasks.contract import TrainerInputs
 
@@ -251,7 +253,7 @@ def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: 
     try:
         return arguments_class(output_dir=str(output_dir), **values)
     except (ValueError, TypeError) as err:
-        raise HftkError(f"{recipe.source}: train: {str(err).splitlines()[0]}") from None
+        raise HftkError(f"{recipe.source}: train: {' '.join(str(err).split())[:400]}") from None
 
 
 def _clock_schedule(recipe: Recipe) -> bool:
@@ -317,6 +319,8 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     set_seed(recipe.train.get("seed", 42))
     data = task.load_data(recipe)
     model, processor = task.build_model(recipe, data)
+    if recipe.regularization.dropout is not None:
+        set_dropout(model, recipe.regularization.dropout)
     log_trainable(model)
     datasets = task.prepare_datasets(recipe, data, processor)
 
@@ -325,7 +329,11 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     budget = _budget(recipe, args, checkpoint)
     if resume and state.is_main_process:
         _remove_incomplete_checkpoints(output_dir)
-    callbacks = [cb for cb in (budget, CheckpointGuard(recipe.train.get("save_total_limit"), budget)) if cb]
+    callbacks = [
+        *([budget] if budget else []),
+        *build_regularization(recipe.regularization, args, checkpoint),  # before the guard: they add files
+        CheckpointGuard(recipe.train.get("save_total_limit"), budget),
+    ]
     if recipe.eval.early_stopping_patience:
         callbacks.append(_early_stopping(recipe, args))
     trainer = task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, callbacks))
