@@ -6,7 +6,7 @@ Usage:
     hftk predict RUN_DIR INPUT... [--json] [--OPTION VALUE ...]     (options: the run's task's own)
     hftk chat RUN_DIR [--OPTION VALUE ...]                          (tasks with an interactive mode)
     hftk demo RUN_DIR [--host 127.0.0.1] [--port 7860]
-    hftk push RUN_DIR --repo-id user/name [--private | --public]
+    hftk push RUN_DIR --repo-id user/name [--private | --public] [--revision BRANCH] [--commit-message MSG]
     hftk recipes [--keys [TASK_ID]]
     accelerate launch -m hftk train RECIPE      (many processes / GPUs)
 """
@@ -128,7 +128,14 @@ def _push(args: argparse.Namespace) -> int:
 
     recipe = load_run_recipe(args.run_dir)
     private = recipe.hub.private if args.private is None else args.private
-    url = push_run(Path(args.run_dir), args.repo_id or recipe.hub.model_id, private=private)
+    url = push_run(
+        Path(args.run_dir),
+        args.repo_id or recipe.hub.model_id,
+        private=private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        include_checkpoints=args.include_checkpoints,
+    )
     print(url)
     return 0
 
@@ -202,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     visibility = p.add_mutually_exclusive_group()
     visibility.add_argument("--private", dest="private", action="store_true", default=None, help="a private repo")
     visibility.add_argument("--public", dest="private", action="store_false", help="a public repo")
+    p.add_argument("--revision", help="branch to push to (created when missing; default: main)")
+    p.add_argument("--commit-message", help="commit message (default: 'Upload <run> with hftk')")
+    p.add_argument("--include-checkpoints", action="store_true", help="also upload checkpoint-* folders")
     p.set_defaults(func=_push)
 
     p = sub.add_parser("recipes", help="list shipped recipes, or document every recipe key")

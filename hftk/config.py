@@ -107,6 +107,10 @@ class HubConfig:
 
     model_id: str | None = _field(None, "Hub repo id, e.g. user/mnist-resnet")
     private: bool = _field(True, "create the repo as private")
+    push: bool = _field(
+        False, "push the run to hub.model_id when training ends (checkpoints as train.hub_strategy says)"
+    )
+    license: str = _field("apache-2.0", "license in the model card (match it to your data and base model)")
 
 
 @dataclass

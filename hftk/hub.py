@@ -1,11 +1,17 @@
-"""Model card and publishing a run folder to the Hugging Face Hub.
+"""The model card of a run, and publishing a run folder to the Hugging Face Hub.
 
-The token is read by huggingface_hub itself (HF_TOKEN or `hf auth login`) and is never written to a
-recipe, a log, a run folder or a card.
+The card is a complete Hugging Face model card: metadata (library, pipeline tag, tags, datasets, base model,
+license, metrics, a model-index with the task's headline results), what the model is, its data and splits, the
+hyperparameters and training-results tables (transformers' own ``modelcard`` helpers), the evaluation results
+and plots, how to use it, and the recipe that reproduces it. Every task fact comes from the task module.
+
+The token is read by huggingface_hub itself (HF_TOKEN or `hf auth login`) and is never written to a recipe, a
+log, a run folder or a card.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,12 +21,23 @@ from hftk.errors import HftkError
 
 logger = logging.getLogger(__name__)
 
-# What never leaves the machine: checkpoints (optimizer state), TensorBoard events stay optional.
-PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "**/.ipynb_checkpoints"]
+# What a push uploads from a run folder (glob patterns, relative to it); checkpoints, optimizer states, the
+# pickled training arguments and TensorBoard events stay local unless asked for.
+PUSH_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "README.md", "recipe.yaml", "samples.jsonl"]
+PUSH_EVAL = ["eval/**/*"]
+PUSH_LOGS = ["runs/**/*"]
+PUSH_CHECKPOINTS = ["checkpoint-*/**/*"]
+HFTK_URL = "https://github.com/hftk/hftk"
 
 
-def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> Path:
-    """Write ``README.md``: Hub metadata (task, library, metrics as model-index) and how to use the model."""
+def write_model_card(
+    run_dir: Path,
+    recipe: Recipe,
+    metrics: dict[str, Any],
+    trainer: Any = None,
+    split_sizes: dict[str, int] | None = None,
+) -> Path:
+    """Write the run's ``README.md`` model card (validated metadata; sections as in the module docstring)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from hftk.tasks import get_task
@@ -29,81 +46,232 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any]) -> 
     dataset = recipe.data.name or Path(recipe.data.path or "local").name
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     headline = [k for k in task.HEADLINE if k in numbers]
+    split = metrics.get("split", recipe.eval.split)
     results = [
         EvalResult(
             task_type=task.PIPELINE_TAG,
             dataset_type=dataset,
             dataset_name=dataset,
-            dataset_split=metrics.get("split", recipe.eval.split),
+            dataset_split=split,
             metric_type=k,
             metric_value=round(float(numbers[k]), 5),
         )
         for k in headline
     ]
+    base_model = _base_model(recipe)
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=task.PIPELINE_TAG,
-        tags=["hftk", recipe.task, recipe.model.name],
-        datasets=[dataset] if "/" in dataset else None,
+        tags=["hftk", recipe.task, *([recipe.model.name] if "/" not in recipe.model.name else [])],
+        datasets=[dataset] if _is_hub_id(dataset) else None,
+        base_model=base_model,
+        license=recipe.hub.license,
+        metrics=headline or None,
         model_name=recipe.name,
         eval_results=results or None,
     )
-    table = "\n".join(f"| {k} | {numbers[k]:.4f} |" for k in headline)
-    config = run_dir / "config.json"
-    custom = config.is_file() and "auto_map" in config.read_text()
-    remote = ", trust_remote_code=True)  # the folder carries the model's code" if custom else ")"
-    content = f"""---
-{data.to_yaml()}
----
-
-# {recipe.name}
-
-A `{recipe.model.name}` model for **{recipe.task}**, trained with hftk on `{dataset}`.
-
-## Results ({metrics.get("split", recipe.eval.split)} split)
-
-| metric | value |
-|---|---|
-{table}
-
-## Use
-
-```python
-from transformers import pipeline
-
-pipe = pipeline("{task.PIPELINE_TAG}", model="{recipe.hub.model_id or "path/to/this/folder"}"{remote}
-{task.PIPELINE_EXAMPLE}
-```
-
-Try it locally: `hftk demo <this folder>`. The full recipe is in `recipe.yaml`; plots and the evaluation
-report are in `eval/`.
-"""
+    sections = [
+        f"# {recipe.name}",
+        _description(run_dir, recipe, task, dataset, base_model),
+        f"## Results ({split} split, {metrics.get('num_examples', '?')} examples)",
+        _table(headline, numbers),
+        *_plots(run_dir),
+        "The full evaluation report, with per-example detail, is `eval/report.md`.",
+        "## Training data",
+        _data_section(recipe, dataset, split_sizes),
+        "## Training procedure",
+        *_training_tables(run_dir, trainer),
+        "## How to use",
+        _usage(run_dir, recipe, task),
+        "## Reproduce",
+        "The resolved recipe of this run (`recipe.yaml`); `hftk train recipe.yaml` trains it again:",
+        "```yaml\n" + (run_dir / "recipe.yaml").read_text().strip() + "\n```",
+        "## Framework versions",
+        _versions(),
+    ]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
     path = run_dir / "README.md"
     ModelCard(content).save(path)
     return path
 
 
-def push_run(run_dir: Path, repo_id: str | None, private: bool = True, include_logs: bool = False) -> str:
-    """Upload a finished run folder (model, processor, recipe, eval, card) to a Hub model repo.
+def _is_hub_id(name: str) -> bool:
+    return "/" in name and not Path(name).expanduser().exists() and not name.startswith((".", "/", "~"))
 
-    Returns:
-        The URL of the repo.
-    """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+
+def _base_model(recipe: Recipe) -> str | None:
+    name = recipe.model.name
+    return name if recipe.model.pretrained and _is_hub_id(name) else None
+
+
+def _description(run_dir: Path, recipe: Recipe, task: Any, dataset: str, base_model: str | None) -> str:
+    origin = (
+        f"fine-tuned from [{base_model}](https://huggingface.co/{base_model})"
+        if base_model
+        else (
+            f"fine-tuned from `{recipe.model.name}`"
+            if recipe.model.pretrained
+            else "trained from scratch (random init)"
+        )
+    )
+    text = f"A **{task.TASK}** model (`{recipe.model.name}`), {origin} on `{dataset}` with [hftk]({HFTK_URL})."
+    counts = _read_json(run_dir / "all_results.json")
+    if "total_parameters" in counts:
+        share = 100 * counts["trainable_parameters"] / max(1, counts["total_parameters"])
+        text += (
+            f" {counts['total_parameters']:,} parameters, of which {counts['trainable_parameters']:,} "
+            f"({share:.1f}%) were trained."
+        )
+    if (run_dir / "adapter_config.json").is_file():
+        text += " This folder holds a PEFT adapter on top of the base model (`hftk merge` writes a merged model)."
+    return text
+
+
+def _table(keys: list[str], numbers: dict[str, Any]) -> str:
+    rows = [f"| {k} | {numbers[k]:.4f} |" for k in keys]
+    return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "Not evaluated."
+
+
+def _plots(run_dir: Path) -> list[str]:
+    return [f"![{p.stem.replace('_', ' ')}](eval/{p.name})" for p in sorted((run_dir / "eval").glob("*.png"))]
+
+
+def _data_section(recipe: Recipe, dataset: str, split_sizes: dict[str, int] | None) -> str:
+    source = f"`{recipe.data.path}` (local)" if recipe.data.path else f"`{dataset}`"
+    text = f"Data: {source}."
+    if split_sizes:
+        text += " Examples per split: " + ", ".join(f"{k} {v:,}" for k, v in split_sizes.items()) + "."
+    text += " The test split is never used for training or model selection."
+    return text
+
+
+def _training_tables(run_dir: Path, trainer: Any) -> list[str]:
+    """Hyperparameters and per-evaluation results, with transformers' own model-card helpers."""
+    from transformers.modelcard import extract_hyperparameters_from_trainer, make_markdown_table, parse_log_history
+
+    parts = []
+    if trainer is not None:
+        hyperparameters = extract_hyperparameters_from_trainer(trainer)
+        parts += ["### Hyperparameters", "\n".join(f"- {k}: {v}" for k, v in hyperparameters.items())]
+    history = _read_json(run_dir / "trainer_state.json").get("log_history", [])
+    _, lines, _ = parse_log_history(history) if history else (None, None, None)
+    if lines:
+        parts += ["### Training results", make_markdown_table(lines).strip()]
+    return parts
+
+
+def _usage(run_dir: Path, recipe: Recipe, task: Any) -> str:
+    where = recipe.hub.model_id or "path/to/this/folder"
+    config = run_dir / "config.json"
+    remote = ", trust_remote_code=True" if config.is_file() and "auto_map" in config.read_text() else ""
+    note = "  # the folder carries its model's code" if remote else ""
+    return "\n".join(
+        [
+            "```python",
+            "from transformers import pipeline",
+            "",
+            f'pipe = pipeline("{task.PIPELINE_TAG}", model="{where}"{remote}){note}',
+            task.PIPELINE_EXAMPLE,
+            "```",
+            "",
+            f"With hftk: `hftk predict {where} INPUT...`, `hftk demo {where}` (a local Gradio app), "
+            f"`hftk evaluate {where}`.",
+        ]
+    )
+
+
+def _versions() -> str:
+    import importlib.metadata as metadata
+
+    names = ("hftk", "transformers", "torch", "datasets", "accelerate", "timm", "peft")
+    lines = []
+    for name in names:
+        try:
+            lines.append(f"- {name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def push_files(run_dir: Path, include_checkpoints: bool = False, include_logs: bool = False) -> list[str]:
+    """The files (relative paths) ``push_run`` uploads from ``run_dir``, sorted."""
+    patterns = (
+        PUSH_PATTERNS
+        + PUSH_EVAL
+        + (PUSH_LOGS if include_logs else [])
+        + (PUSH_CHECKPOINTS if include_checkpoints else [])
+    )
+    files = set()
+    for pattern in patterns:
+        top_level = "/" not in pattern
+        for path in run_dir.glob(pattern):
+            if path.is_file() and (not top_level or path.parent == run_dir):
+                files.add(path.relative_to(run_dir).as_posix())
+    return sorted(f for f in files if not f.endswith((".tmp", ".bin", ".pt", ".pth", ".pkl")))
+
+
+def check_repo_id(repo_id: str | None) -> str:
+    """``name`` or ``owner/name`` as the Hub accepts it, or a one-line error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not repo_id:
         raise HftkError("push: no repo id; set hub.model_id in the recipe or pass --repo-id user/name")
-    if not (run_dir / "config.json").is_file():
-        raise HftkError(f"push: {run_dir} holds no trained model (config.json missing)")
-    ignore = PUSH_IGNORE + ([] if include_logs else ["runs/**"])
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HftkError(
+            f"push: repo id '{repo_id}' is not 'name' or 'owner/name' (letters, digits, '-', '_', '.'; "
+            "at most 96 characters)"
+        ) from None
+    return repo_id
+
+
+def push_run(
+    run_dir: Path,
+    repo_id: str | None,
+    private: bool = True,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    include_checkpoints: bool = False,
+) -> str:
+    """Upload a finished run folder (model, processor, recipe, eval, card) to a Hub model repo.
+
+    Creates the repo (and the ``revision`` branch) when needed. Returns the URL of the repo.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    repo_id = check_repo_id(repo_id)
+    if not (run_dir / "config.json").is_file() and not (run_dir / "adapter_config.json").is_file():
+        raise HftkError(f"push: {run_dir} holds no trained model (no config.json); train it first or check the path")
+    files = push_files(run_dir, include_checkpoints)
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, repo_type="model", ignore_patterns=ignore)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            folder_path=str(run_dir),
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            allow_patterns=files,
+            commit_message=commit_message or f"Upload {run_dir.name} with hftk",
+        )
+    except OfflineModeIsEnabled:
+        raise HftkError(f"push to '{repo_id}': HF_HUB_OFFLINE=1 is set; unset it on a machine with network") from None
+    except LocalTokenNotFoundError:
+        raise HftkError(f"push to '{repo_id}': not logged in; run `hf auth login` or set HF_TOKEN") from None
     except (HfHubHTTPError, OSError, ValueError) as err:
-        raise HftkError(
-            f"push to '{repo_id}' failed: {str(err).splitlines()[0]} (log in with `hf auth login`)"
-        ) from None
-    logger.info("pushed %s to %s", run_dir, url)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = " (log in with `hf auth login` or set HF_TOKEN)" if "401" in first or "403" in first else ""
+        raise HftkError(f"push to '{repo_id}' failed: {first[:200]}{hint}") from None
+    logger.info("pushed %d files of %s to %s", len(files), run_dir, url)
     return str(url)

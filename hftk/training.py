@@ -241,6 +241,14 @@ def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: 
     values["save_total_limit"] = None  # CheckpointGuard rotates, after marking checkpoints complete
     if not torch.cuda.is_available():
         values.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
+    if recipe.hub.push:  # transformers pushes checkpoints (train.hub_strategy); hftk pushes the finished run
+        if not recipe.hub.model_id:
+            raise HftkError("hub.push: set hub.model_id (user/name) to push to")
+        from hftk.hub import check_repo_id
+
+        values.update(
+            push_to_hub=True, hub_model_id=check_repo_id(recipe.hub.model_id), hub_private_repo=recipe.hub.private
+        )
     if _clock_schedule(recipe):
         values["max_steps"] = 10**9  # the budget stops training
         schedule = values.get("lr_scheduler_type", "linear")
@@ -321,7 +329,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     model, processor = task.build_model(recipe, data)
     if recipe.regularization.dropout is not None:
         set_dropout(model, recipe.regularization.dropout)
-    log_trainable(model)
+    trainable, total = log_trainable(model)
     datasets = task.prepare_datasets(recipe, data, processor)
 
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
@@ -343,6 +351,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     logger.info("training %s%s", recipe.name, f" from {checkpoint}" if checkpoint else "")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = _train_metrics(result.metrics, trainer, len(datasets["train"]))
+    metrics.update(trainable_parameters=trainable, total_parameters=total)
     _save_final_model(trainer, output_dir)
     if state.is_main_process:
         trainer.save_metrics("train", metrics)
@@ -353,7 +362,12 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
         trainer.save_metrics(
             recipe.eval.split, {f"{recipe.eval.split}_{k}": v for k, v in test_metrics.items() if _is_number(v)}
         )
-        write_model_card(output_dir, recipe, test_metrics)
+        sizes = {split: len(rows) for split, rows in data.items()}
+        write_model_card(output_dir, recipe, test_metrics, trainer=trainer, split_sizes=sizes)
+        if recipe.hub.push:
+            from hftk.hub import push_run
+
+            push_run(output_dir, recipe.hub.model_id, private=recipe.hub.private)
     state.wait_for_everyone()
     return output_dir
 
@@ -380,7 +394,9 @@ def _save_final_model(trainer: Any, output_dir: Path) -> None:
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
             plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(output_dir))
+    # _internal_call: transformers pushes the folder on a user's save_model call when push_to_hub is on; hftk
+    # pushes the finished run itself (with its card and evaluation), once, after this save.
+    trainer.save_model(str(output_dir), _internal_call=True)
 
 
 def _early_stopping(recipe: Recipe, args: TrainingArguments) -> TrainerCallback:

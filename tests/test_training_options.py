@@ -13,8 +13,6 @@ from PIL import Image as PILImage
 
 from hftk.config import load_recipe
 from hftk.data.images import load_image_data
-from hftk.errors import HftkError
-from hftk.hub import push_run
 from hftk.training import build_training_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,27 +78,6 @@ def test_hub_style_dataset_with_other_columns_and_no_validation(tmp_path):
     assert {k: len(v) for k, v in data.items()} == {"train": 24, "validation": 6, "test": 10}
     assert data["train"].column_names == ["image", "label"]
     assert np.bincount(data["validation"]["label"]).tolist() == [3, 3]  # stratified carve
-
-
-def test_push_uploads_the_run_without_checkpoints_or_token(digits_run, monkeypatch):
-    calls = {}
-
-    class FakeApi:
-        def create_repo(self, repo_id, **kwargs):
-            calls["create"] = (repo_id, kwargs)
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(self, **kwargs):
-            calls["upload"] = kwargs
-
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    url = push_run(digits_run, "someone/digits", private=True)
-    assert url.endswith("someone/digits") and calls["create"][1]["private"] is True
-    upload = calls["upload"]
-    assert upload["folder_path"] == str(digits_run) and "checkpoint-*" in upload["ignore_patterns"]
-    assert set(upload) == {"folder_path", "repo_id", "repo_type", "ignore_patterns"}  # no token argument
-    with pytest.raises(HftkError, match="no repo id"):
-        push_run(digits_run, None)
 
 
 @pytest.mark.parametrize("recipe_private", [True, False])
