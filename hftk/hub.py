@@ -165,12 +165,16 @@ def _usage(run_dir: Path, recipe: Recipe, task: Any) -> str:
     config = run_dir / "config.json"
     remote = ", trust_remote_code=True" if config.is_file() and "auto_map" in config.read_text() else ""
     note = "  # the folder carries its model's code" if remote else ""
+    pipeline_task = getattr(task, "PIPELINE_TASK", task.PIPELINE_TAG)  # transformers lacks some: the task registers
+    own = pipeline_task != task.PIPELINE_TAG
+    registers = [f"import {task.__name__}  # registers pipeline('{pipeline_task}')"] if own else []
     return "\n".join(
         [
             "```python",
             "from transformers import pipeline",
+            *registers,
             "",
-            f'pipe = pipeline("{task.PIPELINE_TAG}", model="{where}"{remote}){note}',
+            f'pipe = pipeline("{pipeline_task}", model="{where}"{remote}){note}',
             task.PIPELINE_EXAMPLE,
             "```",
             "",

@@ -79,7 +79,7 @@ def test_run_reloads_with_its_auto_class_and_runs_in_pipeline(tiny_run, tmp_path
     task, run_dir = tiny_run
     model = getattr(transformers, task.AUTO_MODEL).from_pretrained(run_dir)
     assert model.config.architectures
-    pipe = transformers.pipeline(task.PIPELINE_TAG, model=str(run_dir), device="cpu")
+    pipe = transformers.pipeline(getattr(task, "PIPELINE_TASK", task.PIPELINE_TAG), model=str(run_dir), device="cpu")
     assert pipe(task.example_inputs(run_dir, 1)[0])
 
 
