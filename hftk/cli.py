@@ -7,6 +7,7 @@ Usage:
     hftk chat RUN_DIR [--OPTION VALUE ...]                          (tasks with an interactive mode)
     hftk demo RUN_DIR [--host 127.0.0.1] [--port 7860]
     hftk push RUN_DIR --repo-id user/name [--private | --public] [--revision BRANCH] [--commit-message MSG]
+    hftk export RUN_DIR --format onnx [--out DIR]                   (ONNX + parity check vs PyTorch)
     hftk recipes [--keys [TASK_ID]]
     accelerate launch -m hftk train RECIPE      (many processes / GPUs)
 """
@@ -140,6 +141,22 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from hftk.export import export_run
+
+    report = export_run(Path(args.run_dir), args.format, Path(args.out) if args.out else None, args.batch_size)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "onnx"
+    print("| graph | max abs error (tolerance) | onnx ms b1 | torch ms b1 | onnx ms b32 | torch ms b32 |")
+    print("|---|---|---|---|---|---|")
+    for g in report["graphs"]:
+        print(
+            f"| {g['file']} | {g['max_abs_error']:.1e} ({g['tolerance']:.0e}) | {g['onnx_ms_batch1']} | "
+            f"{g['torch_ms_batch1']} | {g['onnx_ms_batch32']} | {g['torch_ms_batch32']} |"
+        )
+    print(f"\nexport folder: {out}  (report: {out / 'export.json'})")
+    return 0
+
+
 def _recipes(args: argparse.Namespace) -> int:
     from hftk.config import RECIPES_DIR, describe_keys
     from hftk.tasks import TASKS, get_task
@@ -213,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-message", help="commit message (default: 'Upload <run> with hftk')")
     p.add_argument("--include-checkpoints", action="store_true", help="also upload checkpoint-* folders")
     p.set_defaults(func=_push)
+
+    p = sub.add_parser("export", help="export a run's model (ONNX) and check it against PyTorch")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="onnx", help="export format (supported: onnx)")
+    p.add_argument("--out", help="export folder (default: RUN_DIR/onnx)")
+    p.add_argument("--batch-size", type=int, default=8, help="test-split examples the parity check runs on")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("recipes", help="list shipped recipes, or document every recipe key")
     p.add_argument("--keys", nargs="?", const="", metavar="TASK", help="document recipe keys (of TASK, or all)")

@@ -350,6 +350,22 @@ def predict(run_dir: Path, inputs: list, stream: Any = None, *, top_k: int = 5, 
     return results
 
 
+def onnx_graphs(run_dir: Path, batch_size: int) -> list:
+    """The classifier as one ONNX graph: ``pixel_values`` (dynamic batch) -> ``logits``, checked on test images."""
+    from transformers import AutoModelForImageClassification
+
+    from hftk.evaluation import load_run_recipe
+    from hftk.export import NamedOutputs, OnnxGraph
+
+    model = AutoModelForImageClassification.from_pretrained(run_dir, use_safetensors=True).eval()
+    processor = load_image_processor(str(run_dir), model.config)
+    test = load_data(load_run_recipe(run_dir))["test"]
+    images = [to_rgb(im) for im in test.select(range(min(batch_size, len(test))))["image"]]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    module = NamedOutputs(model, ["pixel_values"], ["logits"])
+    return [OnnxGraph("model", module, {"pixel_values": pixels}, ["logits"], {"pixel_values": {0: "batch"}})]
+
+
 def demo(run_dir: Path):
     from hftk.demos.image_classification import build_demo
 

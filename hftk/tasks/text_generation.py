@@ -352,6 +352,30 @@ def predict(
     return results
 
 
+def onnx_graphs(run_dir: Path, batch_size: int) -> list:
+    """The language model as one ONNX graph: ``input_ids`` + ``attention_mask`` -> ``logits`` (no key/value cache:
+    each call scores a whole window), dynamic batch and length up to the context, checked on test-split windows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hftk.evaluation import load_run_recipe
+    from hftk.export import NamedOutputs, OnnxGraph
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    recipe = load_run_recipe(run_dir)
+    context = context_length(model.config)
+    length = min(recipe.data.block_size, 64, (context // 2) if context else 64)
+    stream = lm.token_stream(tokenizer, load_data(recipe)["test"]["text"])
+    rows = [stream[i * length : (i + 1) * length] for i in range(min(batch_size, len(stream) // length))]
+    ids = torch.as_tensor(np.stack(rows), dtype=torch.long)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    axes = {0: "batch", 1: "sequence"}
+    model.config.use_cache = False  # one window per call: no key/value cache in the graph
+    module = NamedOutputs(model, list(inputs), ["logits"])
+    sizes = {"sequence": context} if context else None
+    return [OnnxGraph("model", module, inputs, ["logits"], {k: axes for k in inputs}, sizes, tolerance=1e-3)]
+
+
 def demo(run_dir: Path):
     from hftk.demos.text_generation import build_demo
 

@@ -1,0 +1,204 @@
+"""Export a run's model to ONNX, then check it: ONNX Runtime vs PyTorch on test-split inputs, and the latency of both.
+
+Usage:
+    hftk export runs/resnet-mnist --format onnx [--out runs/resnet-mnist/onnx]
+
+A task that can be exported provides ``onnx_graphs(run_dir, batch_size) -> list[OnnxGraph]``: the module(s) to
+export (the model behind a plain tensor interface), a batch of real test-split inputs, and which axes are dynamic
+(the batch always is). Each graph is exported with ``torch.onnx.export`` (the dynamo exporter), run in ONNX Runtime
+on those inputs and on a batch of another size, and compared with PyTorch within the graph's tolerance. The export
+folder holds the ``.onnx`` files, the run's config and processor/tokenizer files, and ``export.json`` with the
+parity errors and latencies (batch 1 and 32). optimum's exporter is not used: optimum-onnx 0.1 requires
+transformers < 4.58.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hftk.errors import HftkError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+COPIED = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "spiece.model",
+)
+
+
+@dataclass
+class OnnxGraph:
+    """One graph to export: ``module(*inputs.values())`` returns a tuple of tensors named ``outputs``."""
+
+    name: str
+    module: torch.nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]]  # input -> {axis: name}; axes sharing a name share a size
+    max_sizes: dict[str, int] | None = None  # axis name -> largest size (e.g. the model's context)
+    tolerance: float = 1e-4
+
+
+class NamedOutputs(torch.nn.Module):
+    """A transformers model behind a plain interface: tensors in (in ``inputs`` order), the named outputs out.
+
+    Positional on purpose: with a ``**kwargs`` forward, torch.export (torch 2.14) writes guards that fail with
+    "NameError: name 'L' is not defined" for some models (GPT-2 here). Constant arguments (``use_cache=False``)
+    belong in the model's config for the same reason.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: list[str], outputs: list[str]):
+        super().__init__()
+        self.model = model
+        self.input_names = inputs
+        self.output_names = outputs
+
+    def forward(self, *tensors: torch.Tensor):
+        out = self.model(**dict(zip(self.input_names, tensors)))
+        return tuple(out[name] for name in self.output_names)
+
+
+def export_run(run_dir: Path, fmt: str = "onnx", out_dir: Path | None = None, batch_size: int = 8) -> dict:
+    """Export ``run_dir``'s model, check parity and latency, and return the report written to ``export.json``."""
+    from hftk.evaluation import load_run_recipe, require_model
+    from hftk.tasks import TASKS, get_task
+
+    run_dir = Path(run_dir)
+    recipe = load_run_recipe(run_dir)
+    require_model(run_dir)
+    if fmt not in FORMATS:
+        raise HftkError(f"--format {fmt}: not supported; supported formats: {', '.join(FORMATS)}")
+    task = get_task(recipe.task)
+    if not hasattr(task, "onnx_graphs"):
+        able = [t for t in TASKS if hasattr(get_task(t), "onnx_graphs")]
+        raise HftkError(f"{task.TASK} runs cannot be exported to ONNX yet; tasks that can: {', '.join(able)}")
+    for module in ("onnxscript", "onnxruntime"):
+        if importlib.util.find_spec(module) is None:
+            raise HftkError(f"hftk export needs {module}: pip install 'hftk[export]'")
+    out_dir = Path(out_dir) if out_dir else run_dir / "onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        if (run_dir / name).is_file():
+            shutil.copy(run_dir / name, out_dir / name)
+    report = {"run": str(run_dir), "task": task.TASK, "format": fmt, "graphs": []}
+    for graph in task.onnx_graphs(run_dir, batch_size):
+        path = out_dir / f"{graph.name}.onnx"
+        export_graph(graph, path)
+        entry = {"file": path.name, **check_parity(graph, path), **measure_latency(graph, path)}
+        report["graphs"].append(entry)
+        logger.info("%s: max |onnx - torch| %.2e (tolerance %.0e)", path.name, entry["max_abs_error"], graph.tolerance)
+    (out_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def export_graph(graph: OnnxGraph, path: Path) -> None:
+    """``torch.onnx.export`` with the graph's dynamic axes (the dynamo exporter takes ``torch.export.Dim``s)."""
+    dims: dict[str, Any] = {}
+    max_sizes = graph.max_sizes or {}
+    shapes = tuple(
+        {
+            axis: dims.setdefault(label, torch.export.Dim(label, max=max_sizes.get(label, 2**20)))
+            for axis, label in graph.dynamic.get(name, {}).items()
+        }
+        for name in graph.inputs
+    )
+    graph.module.eval()
+    progress = io.StringIO()  # the exporter prints its steps; they go to the debug log, not the user's terminal
+    try:
+        with contextlib.redirect_stdout(progress):
+            torch.onnx.export(
+                graph.module,
+                tuple(graph.inputs.values()),
+                str(path),
+                input_names=list(graph.inputs),
+                output_names=graph.outputs,
+                dynamic_shapes={"tensors": shapes},
+                dynamo=True,
+                external_data=False,
+            )
+    except Exception as err:  # the exporter raises many types for operators it cannot translate
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise HftkError(f"ONNX export of {graph.name} failed ({first}); this architecture is not exportable") from None
+    finally:
+        logger.debug("torch.onnx.export: %s", progress.getvalue())
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _torch_outputs(graph: OnnxGraph, inputs: dict[str, torch.Tensor]) -> list:
+    with torch.no_grad():
+        out = graph.module(*inputs.values())
+    return [t.float().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _resize_batch(inputs: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """The inputs with ``size`` rows (repeating the real ones), to check and time another batch size."""
+    out = {}
+    for name, tensor in inputs.items():
+        reps = -(-size // tensor.shape[0])
+        out[name] = tensor.repeat(reps, *([1] * (tensor.dim() - 1)))[:size]
+    return out
+
+
+def check_parity(graph: OnnxGraph, path: Path) -> dict:
+    """Largest absolute difference between ONNX Runtime and PyTorch outputs, on the real batch and on batch 1."""
+    session = _session(path)
+    worst = 0.0
+    sizes = sorted({next(iter(graph.inputs.values())).shape[0], 1})
+    for size in sizes:
+        inputs = _resize_batch(graph.inputs, size)
+        ours = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        for onnx_out, torch_out in zip(ours, _torch_outputs(graph, inputs)):
+            worst = max(worst, float(abs(onnx_out.astype("float32") - torch_out).max()))
+    if worst > graph.tolerance:
+        raise HftkError(
+            f"{path.name}: ONNX Runtime differs from PyTorch by {worst:.2e} (tolerance {graph.tolerance:.0e}); "
+            "the export is not faithful, so it is not kept as good"
+        )
+    return {"max_abs_error": worst, "tolerance": graph.tolerance, "batch_sizes_checked": sizes}
+
+
+def measure_latency(graph: OnnxGraph, path: Path, repeats: int = 10) -> dict:
+    """Median milliseconds per call of ONNX Runtime and PyTorch at batch 1 and 32 (same inputs, same threads)."""
+    session = _session(path)
+    result = {}
+    for size in (1, 32):
+        inputs = _resize_batch(graph.inputs, size)
+        feed = {k: v.numpy() for k, v in inputs.items()}
+        for label, call in (
+            ("onnx", lambda feed=feed: session.run(None, feed)),
+            ("torch", lambda inputs=inputs: _torch_outputs(graph, inputs)),
+        ):
+            call()  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - start) * 1000)
+            result[f"{label}_ms_batch{size}"] = round(statistics.median(times), 3)
+    return result
