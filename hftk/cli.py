@@ -8,6 +8,7 @@ Usage:
     hftk demo RUN_DIR [--host 127.0.0.1] [--port 7860]
     hftk push RUN_DIR --repo-id user/name [--private | --public] [--revision BRANCH] [--commit-message MSG]
     hftk export RUN_DIR --format onnx [--out DIR]                   (ONNX + parity check vs PyTorch)
+    hftk space RUN_DIR OUT_DIR [--model-id user/name]               (a Gradio Space folder)
     hftk recipes [--keys [TASK_ID]]
     accelerate launch -m hftk train RECIPE      (many processes / GPUs)
 """
@@ -157,6 +158,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _space(args: argparse.Namespace) -> int:
+    from hftk.space import write_space
+
+    out = write_space(Path(args.run_dir), Path(args.out_dir), model_id=args.model_id, overwrite=args.overwrite)
+    print(f"Space written to {out}; try it with `python {out / 'app.py'}`, publish it with")
+    print(f"  hf upload <user>/<space-name> {out} --repo-type space")
+    return 0
+
+
 def _recipes(args: argparse.Namespace) -> int:
     from hftk.config import RECIPES_DIR, describe_keys
     from hftk.tasks import TASKS, get_task
@@ -237,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="export folder (default: RUN_DIR/onnx)")
     p.add_argument("--batch-size", type=int, default=8, help="test-split examples the parity check runs on")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("space", help="write a Gradio Space (app.py, requirements, README, model) for a run")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--model-id", help="serve this pushed Hub repo instead of bundling the run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a Space folder hftk wrote before")
+    p.set_defaults(func=_space)
 
     p = sub.add_parser("recipes", help="list shipped recipes, or document every recipe key")
     p.add_argument("--keys", nargs="?", const="", metavar="TASK", help="document recipe keys (of TASK, or all)")
