@@ -16,6 +16,7 @@ from hftk.errors import HftkError
 TASKS: dict[str, str] = {
     "image-classification": "hftk.tasks.image_classification",
     "text-generation": "hftk.tasks.text_generation",
+    "object-detection": "hftk.tasks.object_detection",
     "seq2seq-chat": "hftk.tasks.seq2seq_chat",
 }
 
