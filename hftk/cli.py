@@ -2,6 +2,7 @@
 
 Usage:
     hftk train TASK_ID|RECIPE.yaml [KEY=VALUE ...] [--output-dir runs/mine] [--resume | --overwrite]
+    hftk check TASK_ID|RECIPE.yaml [KEY=VALUE ...]                  (preflight: one real step, memory)
     hftk evaluate RUN_DIR [--split validation]
     hftk predict RUN_DIR INPUT... [--json] [--OPTION VALUE ...]     (options: the run's task's own)
     hftk chat RUN_DIR [--OPTION VALUE ...]                          (tasks with an interactive mode)
@@ -40,6 +41,16 @@ def _train(args: argparse.Namespace) -> int:
         print(metrics_table(metrics, get_task(recipe.task).HEADLINE))
         print(f"\nrun folder: {run_dir}  (report: {run_dir / 'eval' / 'report.md'})")
         print(f"open the demo:  hftk demo {run_dir}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from hftk.config import load_recipe
+    from hftk.preflight import check, format_report
+
+    report = check(load_recipe(args.recipe, args.overrides))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 
@@ -199,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("check", help="preflight: build data and model, run one training step, estimate memory")
+    p.add_argument("recipe", help="recipe YAML path or task id (its default recipe)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as for train")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_check)
+
     p = sub.add_parser("evaluate", help="evaluate a run's model and write eval/")
     p.add_argument("run_dir")
     p.add_argument("--split", help="train, validation or test (default: the recipe's eval.split)")
@@ -297,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args.options = extra
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.quiet:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
     try:
         return args.func(args)
     except HftkError as err:

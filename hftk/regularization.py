@@ -98,7 +98,7 @@ def set_dropout(model: Any, probability: float) -> int:
         for key, value in config.to_dict().items():
             if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")) and hasattr(config, key):
                 setattr(config, key, probability)
-    if not layers:
+    if not layers and probability > 0:
         raise HftkError("regularization.dropout: this model has no dropout layers; remove the key")
     logger.info("dropout set to %g in %d layers", probability, len(layers))
     return len(layers)

@@ -294,6 +294,18 @@ def _check_resume_recipe(recipe: Recipe, output_dir: Path) -> None:
         logger.warning("--resume: recipe differs from the run's recipe.yaml in: %s", ", ".join(changed))
 
 
+def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
+    """``(task, data, model, processor, datasets)``: everything a run needs before its Trainer (seeded)."""
+    task = get_task(recipe.task)
+    set_seed(recipe.train.get("seed", 42))
+    data = task.load_data(recipe)
+    model, processor = task.build_model(recipe, data)
+    if recipe.regularization.dropout is not None:
+        set_dropout(model, recipe.regularization.dropout)
+    datasets = task.prepare_datasets(recipe, data, processor)
+    return task, data, model, processor, datasets
+
+
 def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Train, save the final model, evaluate it on the test split and write the model card.
 
@@ -323,15 +335,8 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     threads = configure_threads(recipe.train.get("dataloader_num_workers", 0))
     logger.info("torch threads: %d; resolved recipe written to %s", threads, output_dir / "recipe.yaml")
 
-    task = get_task(recipe.task)
-    set_seed(recipe.train.get("seed", 42))
-    data = task.load_data(recipe)
-    model, processor = task.build_model(recipe, data)
-    if recipe.regularization.dropout is not None:
-        set_dropout(model, recipe.regularization.dropout)
+    task, data, model, processor, datasets = prepare(recipe)
     trainable, total = log_trainable(model)
-    datasets = task.prepare_datasets(recipe, data, processor)
-
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
     args = build_training_arguments(recipe, output_dir, task.TRAINING_ARGUMENTS)
     budget = _budget(recipe, args, checkpoint)
