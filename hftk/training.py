@@ -241,6 +241,9 @@ def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: 
     values["save_total_limit"] = None  # CheckpointGuard rotates, after marking checkpoints complete
     if not torch.cuda.is_available():
         values.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
+        # transformers builds its distributed state for CPU processes (gloo) only with use_cpu; without it, two
+        # processes launched on a CPU machine each train alone and both write the run folder
+        values.setdefault("use_cpu", not _has_accelerator())
     if recipe.hub.push:  # transformers pushes checkpoints (train.hub_strategy); hftk pushes the finished run
         if not recipe.hub.model_id:
             raise HftkError("hub.push: set hub.model_id (user/name) to push to")
@@ -262,6 +265,11 @@ def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: 
         return arguments_class(output_dir=str(output_dir), **values)
     except (ValueError, TypeError) as err:
         raise HftkError(f"{recipe.source}: train: {' '.join(str(err).split())[:400]}") from None
+
+
+def _has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
 
 
 def _clock_schedule(recipe: Recipe) -> bool:
@@ -324,7 +332,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     from hftk.hub import write_model_card
 
     output_dir = Path(output_dir)
-    state = PartialState()
+    state = PartialState(cpu=recipe.train.get("use_cpu", not _has_accelerator()))  # as TrainingArguments makes it
     if state.is_main_process:
         prepare_output_dir(output_dir, resume, overwrite)
         if resume:

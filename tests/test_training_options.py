@@ -1,9 +1,6 @@
 """Training options users reach for: optimizers, early stopping, many processes, Hub data layouts, push."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,33 +96,3 @@ def test_push_visibility_follows_the_recipe_unless_the_command_says(
     assert code == 0, err
     expected = {"--public": False, "--private": True}.get(flags[0] if flags else "", recipe_private)
     assert seen["private"] is expected
-
-
-def test_accelerate_launch_two_processes(tmp_path):
-    run_dir = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "recipes/accelerate/cpu-2proc.yaml",
-        "-m",
-        "hftk",
-        "-q",
-        "train",
-        DIGITS,
-        "train.max_steps=4",
-        "train.save_strategy=steps",
-        "train.save_steps=2",
-        "train.eval_strategy=no",
-        "train.disable_tqdm=true",
-        "--output-dir",
-        str(run_dir),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("open the demo") == 1  # only the main process reports
-    args = json.loads((run_dir / "all_results.json").read_text())
-    assert args["train_steps"] == 4 and (run_dir / "checkpoint-4" / "hftk-complete.json").is_file()
-    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["num_examples"] == 360

@@ -40,6 +40,16 @@ TINY_OVERRIDES = [
     "train.save_steps=4",
     "train.logging_steps=2",
 ]
+# A ViT (no batch norm, whose running statistics follow rank 0 alone under DDP) and no random affine (each
+# process draws its own): 2 processes then train exactly like 1 with gradient accumulation.
+DETERMINISTIC_OVERRIDES = [
+    "model.name=vit",
+    "model.model_args={patch_size: 4, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+    "intermediate_size: 64}",
+    "data.augment.degrees=0",
+    "data.augment.translate=0",
+    "data.augment.scale=null",
+]
 HEADLINE = ["accuracy", "top5_accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]
 TRAIN_DEFAULTS = {"metric_for_best_model": "accuracy"}
 TRAINING_ARGUMENTS = TrainingArguments
