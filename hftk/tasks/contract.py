@@ -87,6 +87,9 @@ class Task(Protocol):
 # Optional parts of the contract, used when a task has them:
 #   PIPELINE_TASK: str, the ``transformers.pipeline`` task that runs the run's model when transformers has none under
 #       PIPELINE_TAG (transformers 5 removed text2text-generation); the task module registers it when imported.
+#   DETERMINISTIC_OVERRIDES: list[str], added to TINY_OVERRIDES where runs must match exactly across process
+#       counts (the distributed equivalence test): switch off randomness drawn per process (augmentation) and
+#       layers whose state differs under data parallelism (batch-norm running statistics).
 #   chat(run_dir, input_fn, output, *, <options>) -> None: an interactive terminal session (`hftk chat RUN`);
 #       input_fn() returns the user's next line (EOFError ends it), answers are written to ``output``.
 
