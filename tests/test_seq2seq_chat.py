@@ -11,6 +11,7 @@ import torch
 
 from hftk.config import RECIPES_DIR, load_recipe
 from hftk.data import chat as chat_data
+from hftk.data import chat_inputs
 from hftk.errors import HftkError
 from hftk.evaluation import chat as chat_eval
 from hftk.evaluation import load_metric
@@ -95,6 +96,15 @@ def test_retrieval_answers_with_the_closest_training_message_and_novel_is_case_b
     assert scores["retrieval_exact_match"] == 50 and scores["retrieval_novel_exact_match"] == 0
 
 
+def test_memory_leaves_a_training_sample_out_and_round_trips(tmp_path):
+    memory = chat_inputs.Memory(["how are you", "how are you", "what is your name"], ["Fine.", "Good.", "Bot."])
+    assert memory.retrieve(["how are you", "your name?"]) == [("how are you", "Fine."), ("what is your name", "Bot.")]
+    assert [r for _, r in memory.retrieve(memory.messages, exclude=[0, 1, 2])] == ["Good.", "Fine.", "Fine."]
+    memory.save(tmp_path)
+    assert chat_inputs.Memory.load(tmp_path).retrieve(["name"]) == [("what is your name", "Bot.")]
+    assert chat_inputs.Memory.load(tmp_path / "nowhere") is None
+
+
 # ---- data
 
 
@@ -140,11 +150,11 @@ def test_history_longer_than_the_input_keeps_the_most_recent_turns(chat_run):
     model, tokenizer = task.load_run_model(chat_run)
     cfg = task.ChatDataConfig(history_turns=3, max_input_length=12)
     history = ["first turn that is long", "second turn", "third"]
-    ids, cut = task.encode_sample(tokenizer, history, "and then?", cfg, "here")
+    ids, cut = chat_inputs.encode_sample(tokenizer, history, "and then?", cfg, "here")
     text = tokenizer.decode(ids, skip_special_tokens=True)
     assert cut >= 1 and len(ids) <= 12 and text.endswith("and then?") and "first" not in text
     kept = history[cut:]
-    assert text == chat_data.format_input(kept, "and then?", cfg.turn_separator)
+    assert text == chat_inputs.format_input(kept, "and then?", cfg.turn_separator)
 
 
 def test_training_log_counts_the_histories_that_were_cut(chat_run, chat_folder, caplog):
@@ -288,6 +298,43 @@ def test_cli_predict_and_chat(cli, chat_run, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("what is your name\n"))
     code, out, _ = cli("chat", chat_run, "--max-new-tokens", "20")
     assert code == 0 and "bot> my name is tiny bot" in out
+
+
+def test_retrieve_run_reads_the_nearest_exchange_everywhere(tmp_path, chat_folder, caplog):
+    from transformers import pipeline
+
+    from hftk.cli import main
+
+    run_dir = tmp_path / "retrieve"
+    argv = [*TINY, "data.retrieve=true", "data.deduplicate=true", "train.max_steps=4", "train.eval_steps=2"]
+    with caplog.at_level(logging.INFO):
+        assert (
+            main(
+                [
+                    "train",
+                    RECIPE,
+                    f"data.path={chat_folder}",
+                    *argv,
+                    "train.save_steps=2",
+                    "--output-dir",
+                    str(run_dir),
+                ]
+            )
+            == 0
+        )
+    assert (run_dir / chat_inputs.MEMORY_FILE).is_file()
+    assert "train: 0 of 7 samples repeat another" in caplog.text
+    rows = [json.loads(line) for line in (run_dir / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert all(r["retrieval"] for r in rows)
+    messages = ["hello", "and then?", "goodbye"]
+    pipe = pipeline("seq2seq-chat", model=str(run_dir), device="cpu")
+    assert [pipe(m)[0]["generated_text"] for m in messages] == [
+        r["generated_text"] for r in task.predict(run_dir, messages)
+    ]
+    cfg = load_recipe(run_dir / "recipe.yaml").data
+    _, tokenizer = task.load_run_model(run_dir)
+    ids, _ = chat_inputs.encode_sample(tokenizer, [], "hello", cfg, "x", ("hello", "hi " * 300))
+    assert len(ids) == cfg.max_input_length and ids[-1] == tokenizer.eos_token_id  # the retrieved answer is cut
 
 
 def test_run_folder_copy_answers_the_same(chat_run, tmp_path):

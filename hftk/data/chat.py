@@ -12,9 +12,8 @@ in two splits:
   datasets; one conversation per row, one sample per assistant turn). Column names are ``data.*_column``.
 - a Hub dataset in either layout, with the same column mapping.
 
-A sample keeps its structure (``history``, ``message``, ``response``, ``source``); the task renders the model
-input with ``format_input`` (turns joined by ``data.turn_separator``, the message last) and, when it is longer
-than the model takes, drops the oldest turns first. Bad input stops with one line naming the file, the line and
+A sample keeps its structure (``history``, ``message``, ``response``, ``source``); ``hftk/data/chat_inputs.py``
+turns it into the model input. Bad input stops with one line naming the file, the line and
 what is expected.
 """
 
@@ -41,13 +40,8 @@ ROLES = ("user", "assistant")
 SAMPLE_COLUMNS = ("history", "message", "response", "source")
 
 
-def format_input(history: list[str], message: str, separator: str) -> str:
-    """The model input: the previous turns, oldest first, then the message, joined by ``separator``."""
-    return separator.join([*history, message])
-
-
 def chat_template(separator: str, history_turns: int) -> str:
-    """A Jinja chat template that renders ``messages`` exactly as ``format_input`` does (saved with the tokenizer).
+    """A Jinja chat template that renders ``messages`` as ``chat_inputs.format_input`` does (saved with the tokenizer).
 
     ``tokenizer.apply_chat_template(messages, tokenize=False)`` then gives the model input of a conversation that
     ends with the user's message: its last ``history_turns`` earlier turns and the message, system turns left out.
@@ -271,6 +265,17 @@ def expand(conversations: Dataset, history_turns: int) -> Dataset:
             columns["response"].append(turns[i])
             columns["source"].append(source if len(responses) == 1 else f"{source}, turn {i + 1}")
     return Dataset.from_dict(columns)
+
+
+def distinct_indices(samples: Dataset) -> list[int]:
+    """Index of the first of each distinct (history, message, response) sample, in order."""
+    seen, keep = set(), []
+    for i, (history, message, response) in enumerate(zip(samples["history"], samples["message"], samples["response"])):
+        key = (tuple(history), message, response)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
 
 
 def normalize_message(text: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hftk.data.chat import normalize_message
+from hftk.data.chat_inputs import Memory
 from hftk.evaluation import load_metric, metrics_table
 
 REPORTED = ("chrf", "bleu", "rougeL", "exact_match", "response_length", "distinct_1", "distinct_2")
@@ -29,13 +30,7 @@ def novel_mask(train_messages: list[str], messages: list[str]) -> list[bool]:
 
 def retrieval_answers(train_messages: list[str], train_responses: list[str], messages: list[str]) -> list[str]:
     """The response of the most similar training message (TF-IDF cosine) for each message."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.metrics.pairwise import linear_kernel
-
-    vectorizer = TfidfVectorizer()
-    index = vectorizer.fit_transform(train_messages)
-    best = linear_kernel(vectorizer.transform(messages), index).argmax(axis=1)
-    return [train_responses[int(i)] for i in best]
+    return [response for _, response in Memory(train_messages, train_responses).retrieve(messages)]
 
 
 def score(predictions: list[str], references: list[str], novel: list[bool], prefix: str = "") -> dict[str, Any]:

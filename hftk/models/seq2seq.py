@@ -212,7 +212,8 @@ class ChatPipeline(Pipeline):
     """``pipeline("seq2seq-chat", model=RUN)``: a message (or a list of chat messages) in, the answer out.
 
     A list of ``{"role", "content"}`` messages is rendered with the tokenizer's chat template (the run's turn
-    separator and history length); generation follows the model's ``generation_config`` unless a call overrides it.
+    separator and history length); a run trained with ``data.retrieve`` adds the nearest exchange of the memory it
+    keeps. Generation follows the model's ``generation_config`` unless a call overrides it.
     Returns ``[{"generated_text": answer}]`` per input, as transformers 4's text2text-generation pipeline did.
     """
 
@@ -222,15 +223,30 @@ class ChatPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def _sanitize_parameters(self, max_input_length: int | None = None, **generate_kwargs: Any):
-        preprocess = {"max_input_length": max_input_length} if max_input_length else {}
-        return preprocess, generate_kwargs, {}
+    def __init__(self, *args: Any, **kwargs: Any):
+        from hftk.data.chat_inputs import Memory
 
-    def preprocess(self, inputs: Any, max_input_length: int | None = None) -> dict:
+        super().__init__(*args, **kwargs)
+        folder = Path(getattr(self.model, "name_or_path", "") or ".")
+        self.memory = Memory.load(folder) if folder.is_dir() else None  # a data.retrieve run's training exchanges
+
+    def _sanitize_parameters(self, **generate_kwargs: Any):
+        return {}, generate_kwargs, {}
+
+    def preprocess(self, inputs: Any) -> dict:
+        from hftk.data.chat_inputs import RETRIEVED
+
+        text = message = inputs
         if hasattr(inputs, "messages"):  # Pipeline.__call__ wraps a list of {"role", "content"} dicts in a Chat
-            inputs = self.tokenizer.apply_chat_template(inputs.messages, tokenize=False)
-        kwargs = {"truncation": True, "max_length": max_input_length} if max_input_length else {}
-        return self.tokenizer(inputs, return_tensors="pt", **kwargs)
+            text = self.tokenizer.apply_chat_template(inputs.messages, tokenize=False)
+            message = [m["content"] for m in inputs.messages if m["role"] == "user"][-1]
+        if self.memory is not None:
+            similar, response = self.memory.retrieve([message])[0]
+            text += RETRIEVED.format(message=similar, response=response)
+        ids = self.tokenizer(text)["input_ids"]
+        limit = self.tokenizer.model_max_length
+        ids = [*ids[: limit - 1], ids[-1]] if len(ids) > limit else ids  # as hftk cuts a retrieved answer
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
     def _forward(self, model_inputs: dict, **generate_kwargs: Any) -> dict:
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)

@@ -26,6 +26,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 from hftk import generation
 from hftk.config import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, _field
 from hftk.data import chat as chat_data
+from hftk.data import chat_inputs
 from hftk.errors import HftkError
 from hftk.evaluation import chat as report
 from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
@@ -99,6 +100,10 @@ class ChatDataConfig(DataConfig):
     target_column: str = _field("target", "column with the response (input/target layout)")
     messages_column: str = _field("messages", "column with a list of {role, content} turns (chat layout)")
     history_turns: int = _field(2, "earlier turns given to the model before the message (0: the message alone)")
+    deduplicate: bool = _field(False, "train on each distinct (history, message, response) once")
+    retrieve: bool = _field(
+        False, "the model also reads the nearest training exchange (TF-IDF) and decides what to keep of its answer"
+    )
     turn_separator: str = _field(" | ", "text between turns in the model input")
     max_input_length: int = _field(128, "input tokens; longer histories lose their oldest turns")
     max_target_length: int = _field(256, "response tokens learnt (longer responses are cut, and counted in the log)")
@@ -169,6 +174,7 @@ def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
     if recipe.model.freeze == "encoder":
         seq2seq.freeze_encoder(model)
     tokenizer.chat_template = chat_data.chat_template(recipe.data.turn_separator, recipe.data.history_turns)
+    tokenizer.model_max_length = recipe.data.max_input_length  # saved: the pipeline cuts inputs as hftk does
     return model, tokenizer
 
 
@@ -204,59 +210,29 @@ def _lengths_as_max_length(kwargs: dict[str, Any]) -> dict[str, Any]:
 # ---- inputs
 
 
-def encode_sample(tokenizer: Any, history: list[str], message: str, cfg: ChatDataConfig, where: str) -> tuple:
-    """``(input ids, turns cut)``: the last ``history_turns`` turns and the message, oldest turns dropped to fit."""
-    if not message.strip():
-        raise HftkError(f"{where}: the message is empty; expected text")
-    kept = list(history[-cfg.history_turns :]) if cfg.history_turns else []
-    offered = len(kept)
-    while True:
-        ids = tokenizer(chat_data.format_input(kept, message.strip(), cfg.turn_separator))["input_ids"]
-        if len(ids) <= cfg.max_input_length or not kept:
-            break
-        kept = kept[1:]
-    if len(ids) > cfg.max_input_length:
-        raise HftkError(
-            f"{where}: the message is {len(ids)} tokens, more than data.max_input_length={cfg.max_input_length}; "
-            "shorten it or train with a larger data.max_input_length"
-        )
-    return ids, offered - len(kept)
-
-
-def _encode_split(tokenizer: Any, ds: Dataset, cfg: ChatDataConfig, split: str) -> Dataset:
-    rows, cut_samples, cut_turns, cut_targets = [], 0, 0, 0
-    targets = tokenizer(text_target=list(ds["response"]))["input_ids"]
-    for sample, labels in zip(ds, targets):
-        ids, cut = encode_sample(tokenizer, sample["history"], sample["message"], cfg, sample["source"])
-        cut_samples, cut_turns = cut_samples + (cut > 0), cut_turns + cut
-        if len(labels) > cfg.max_target_length:
-            labels = [*labels[: cfg.max_target_length - 1], labels[-1]]  # keep the end token
-            cut_targets += 1
-        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-        rows[-1]["length"] = len(ids) + len(labels)  # what a batch costs: for train_sampling_strategy=group_by_length
-    if cut_samples:
-        logger.info(
-            "%s: %d of %d samples lost %d older turns of history to fit data.max_input_length=%d",
-            split,
-            cut_samples,
-            len(ds),
-            cut_turns,
-            cfg.max_input_length,
-        )
-    if cut_targets:
-        logger.warning(
-            "%s: %d of %d responses cut to data.max_target_length=%d tokens",
-            split,
-            cut_targets,
-            len(ds),
-            cfg.max_target_length,
-        )
-    return Dataset.from_list(rows)
-
-
 def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> DatasetDict:
-    """Token ids of every split: the model input (history that fits + message) and the response as labels."""
-    return DatasetDict({split: _encode_split(processor, data[split], recipe.data, split) for split in data})
+    """Token ids of every split: the model input (history that fits + message [+ nearest exchange]) and labels.
+
+    With ``data.retrieve`` a training sample reads the nearest *other* training exchange (a repeated message
+    finds its twin, a unique one a different message), validation and test the nearest training exchange.
+    """
+    cfg, train = recipe.data, data["train"]
+    memory = chat_inputs.Memory(train["message"], train["response"]) if cfg.retrieve else None
+    out = {}
+    for split, ds in data.items():
+        retrieved = None
+        if memory is not None:
+            exclude = list(range(len(ds))) if split == "train" else None
+            retrieved = memory.retrieve(ds["message"], exclude)
+        rows = chat_inputs.encode_split(processor, ds, cfg, split, retrieved)
+        if split == "train" and cfg.deduplicate:
+            keep = chat_data.distinct_indices(ds)
+            logger.info(
+                "train: %d of %d samples repeat another, left out (data.deduplicate)", len(ds) - len(keep), len(ds)
+            )
+            rows = [rows[i] for i in keep]
+        out[split] = Dataset.from_list(rows)
+    return DatasetDict(out)
 
 
 # ---- training
@@ -293,7 +269,13 @@ def decode(tokenizer: Any, ids: Any) -> list[str]:
 
 
 def build_trainer(inputs: TrainerInputs) -> Seq2SeqTrainer:
-    """``Seq2SeqTrainer``: padded batches from ``DataCollatorForSeq2Seq``; evaluation generates and scores answers."""
+    """``Seq2SeqTrainer``: padded batches from ``DataCollatorForSeq2Seq``; evaluation generates and scores answers.
+
+    A ``data.retrieve`` run keeps its memory (the training exchanges) in the run folder beside the model.
+    """
+    if inputs.recipe.data.retrieve and inputs.args.process_index == 0:
+        train = load_data(inputs.recipe)["train"]
+        chat_inputs.Memory(train["message"], train["response"]).save(Path(inputs.args.output_dir))
     return Seq2SeqTrainer(
         model=inputs.model,
         args=inputs.args,
@@ -355,11 +337,16 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     data = load_data(recipe)
     train, part = data["train"], data[split]
     model, tokenizer = load_run_model(run_dir)
-    encoded = [encode_sample(tokenizer, s["history"], s["message"], recipe.data, s["source"])[0] for s in part]
-    answers = generate_answers(model, tokenizer, encoded, recipe.eval.batch_size)
     references, messages = list(part["response"]), list(part["message"])
+    nearest = chat_inputs.Memory(train["message"], train["response"]).retrieve(messages)  # the retrieval baseline
+    given = nearest if recipe.data.retrieve else [None] * len(part)
+    encoded = [
+        chat_inputs.encode_sample(tokenizer, s["history"], s["message"], recipe.data, s["source"], extra)[0]
+        for s, extra in zip(part, given)
+    ]
+    answers = generate_answers(model, tokenizer, encoded, recipe.eval.batch_size)
     novel = report.novel_mask(train["message"], messages)
-    retrieved = report.retrieval_answers(train["message"], train["response"], messages)
+    retrieved = [response for _, response in nearest]
     metrics: dict[str, Any] = {"split": split, "num_examples": len(part), "num_novel": int(sum(novel))}
     metrics.update(report.score(answers, references, novel))
     metrics.update(report.score(retrieved, references, novel, prefix="retrieval_"))
@@ -367,7 +354,7 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     write_metrics(out, metrics)
     rows = [
         {
-            "input": chat_data.format_input(s["history"], s["message"], recipe.data.turn_separator),
+            "input": chat_inputs.format_input(s["history"], s["message"], recipe.data.turn_separator),
             "answer": a,
             "reference": r,
             "retrieval": b,
@@ -409,6 +396,21 @@ def _generate_kwargs(model: Any, options: dict[str, Any]) -> dict[str, Any]:
     """``generate()`` arguments: the run's settings with the options a caller set (None: the run's own), checked."""
     values = {**run_options(model), **{k: v for k, v in options.items() if v is not None}}
     return _lengths_as_max_length(generation.generation_options(**values))
+
+
+def _run_memory(run_dir: Path, cfg: ChatDataConfig) -> chat_inputs.Memory | None:
+    """The training exchanges a ``data.retrieve`` run reads from (cached per run folder)."""
+    if not cfg.retrieve:
+        return None
+    path = run_dir / chat_inputs.MEMORY_FILE
+    if not path.is_file():
+        raise HftkError(f"{run_dir}: no {chat_inputs.MEMORY_FILE}, which a data.retrieve run needs; train it again")
+    return _load_memory(str(run_dir), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_memory(run_dir: str, stamp: int) -> chat_inputs.Memory | None:
+    return chat_inputs.Memory.load(run_dir)
 
 
 def _run_data_config(run_dir: Path) -> ChatDataConfig:
@@ -456,7 +458,12 @@ def predict(
     model, tokenizer = load_run_model(run_dir)
     kwargs = _generate_kwargs(model, options)  # bad options fail before any output
     messages = [str(m) for m in inputs]
-    encoded = [encode_sample(tokenizer, [], m, cfg, f"input {i + 1}")[0] for i, m in enumerate(messages)]
+    memory = _run_memory(Path(run_dir), cfg)
+    given = memory.retrieve(messages) if memory is not None and messages else [None] * len(messages)
+    encoded = [
+        chat_inputs.encode_sample(tokenizer, [], m, cfg, f"input {i + 1}", extra)[0]
+        for i, (m, extra) in enumerate(zip(messages, given))
+    ]
     results = []
     for start in range(0, len(messages), batch_size):
         if seed is not None:
@@ -483,7 +490,9 @@ def iter_answer(
     cfg = _run_data_config(Path(run_dir))
     model, tokenizer = load_run_model(run_dir)
     kwargs = _generate_kwargs(model, options)
-    ids, cut = encode_sample(tokenizer, history, message, cfg, "message")
+    memory = _run_memory(Path(run_dir), cfg)
+    extra = memory.retrieve([message])[0] if memory is not None and message.strip() else None
+    ids, cut = chat_inputs.encode_sample(tokenizer, history, message, cfg, "message", extra)
     if cut:
         logger.info("history: the %d oldest turns kept out to fit data.max_input_length=%d", cut, cfg.max_input_length)
     tensor = torch.tensor([ids])
