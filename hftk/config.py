@@ -44,7 +44,14 @@ class ModelConfig:
     name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
     pretrained: bool = _field(False, "load pretrained weights (Hub or local folder) instead of a random init")
     model_args: dict = _field({}, "extra arguments: timm.create_model kwargs, or transformers config fields")
-    freeze: str = _field("none", "what to freeze: 'none', or what the task offers (see its model.freeze help)")
+    freeze: str | int = _field(
+        "none", "none, backbone (train only the head), or N: freeze the stem/embeddings and the first N blocks"
+    )
+    gradual_unfreeze: int = _field(0, "unfreeze this many frozen layers (from the top) at each new epoch (0: off)")
+    backbone_lr_multiplier: float = _field(1.0, "learning-rate factor of everything but the head (e.g. 0.1)")
+    layer_decay: float | None = _field(
+        None, "layer-wise learning-rate decay: layer i of L (stem first) trains at lr x decay^(L - i), e.g. 0.75"
+    )
     revision: str | None = _field(None, "Hub revision (branch, tag or commit) of a pretrained model")
     trust_remote_code: bool = _field(False, "allow code from the model's Hub repo to run (off: safer)")
 

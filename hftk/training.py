@@ -29,6 +29,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from hftk.config import Recipe, load_recipe
 from hftk.errors import HftkError
 from hftk.models import count_parameters
+from hftk.models.parts import (
+    GradualUnfreeze,
+    ModelParts,
+    apply_freeze,
+    frozen_layers,
+    lr_scales,
+    model_parts,
+    optimizer_factory,
+)
 from hftk.regularization import build_callbacks as build_regularization
 from hftk.regularization import set_dropout
 from hftk.tasks import get_task
@@ -310,8 +319,38 @@ def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
     model, processor = task.build_model(recipe, data)
     if recipe.regularization.dropout is not None:
         set_dropout(model, recipe.regularization.dropout)
+    apply_freeze(model, parts_of(task, model), recipe.model.freeze)
     datasets = task.prepare_datasets(recipe, data, processor)
     return task, data, model, processor, datasets
+
+
+def parts_of(task: Any, model: Any) -> ModelParts:
+    """The task's reading of its model as layers and a head (the generic one, with no head, otherwise)."""
+    return task.model_parts(model) if hasattr(task, "model_parts") else model_parts(model)
+
+
+def layer_training(recipe: Recipe, task: Any, model: Any, args: Any) -> tuple[tuple | None, list]:
+    """The optimizer factory (per-layer learning rates) and callbacks (gradual unfreezing) the recipe asks for."""
+    cfg = recipe.model
+    if cfg.backbone_lr_multiplier <= 0:
+        raise HftkError(f"model.backbone_lr_multiplier {cfg.backbone_lr_multiplier}: expected a positive factor")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise HftkError(f"model.layer_decay {cfg.layer_decay}: expected a factor in (0, 1], e.g. 0.75")
+    if cfg.gradual_unfreeze < 0:
+        raise HftkError(f"model.gradual_unfreeze {cfg.gradual_unfreeze}: expected 0 (off) or a number of layers")
+    if cfg.backbone_lr_multiplier == 1 and cfg.layer_decay is None and not cfg.gradual_unfreeze:
+        return None, []
+    parts = parts_of(task, model)
+    callbacks = []
+    if cfg.gradual_unfreeze:
+        frozen, _ = frozen_layers(cfg.freeze, parts)
+        if not frozen:
+            raise HftkError("model.gradual_unfreeze: nothing is frozen to unfreeze; set model.freeze (backbone or N)")
+        if args.world_size > 1:
+            raise HftkError("model.gradual_unfreeze: not with several processes (DDP fixes the trained set at start)")
+        callbacks.append(GradualUnfreeze(model, parts, frozen, cfg.gradual_unfreeze))
+    scales = lr_scales(parts, cfg.backbone_lr_multiplier, cfg.layer_decay)
+    return optimizer_factory(scales, args), callbacks
 
 
 def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -357,7 +396,9 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     ]
     if recipe.eval.early_stopping_patience:
         callbacks.append(_early_stopping(recipe, args))
-    trainer = task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, callbacks))
+    optimizer, layer_callbacks = layer_training(recipe, task, model, args)
+    callbacks += layer_callbacks
+    trainer = task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, callbacks, optimizer))
     if budget is not None and budget.follow_clock and not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(BudgetProgress(budget))

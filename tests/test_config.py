@@ -50,7 +50,6 @@ def test_overrides_are_yaml_typed_and_merge_into_sections():
         ("trian.max_steps=3", "did you mean 'train'?"),
         ("train.max_steps=many", "train.max_steps: got 'many' (str); expected an integer"),
         ("data.augment.hflip=maybe", "data.augment.hflip: got 'maybe' (str); expected true/false"),
-        ("model.freeze=half", "expected one of 'none', 'backbone'"),
         ("train.output_dir=/tmp/x", "use --output-dir"),
         ("train.hub_token=hf_secret", "tokens never go into recipes"),
         ("task=image-clasification", "did you mean 'image-classification'?"),

@@ -81,9 +81,10 @@ def test_model_trains_saves_reloads_and_matches_pipeline(kind, tmp_path):
 
 
 def test_freeze_backbone_leaves_only_the_head_trainable():
-    recipe = _recipe("test_resnet", {})
-    recipe.model.freeze = "backbone"
-    model, _ = task.build_image_classifier(recipe.model, LABELS, 16)
+    from hftk.models.parts import apply_freeze
+
+    model, _ = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
+    apply_freeze(model, task.model_parts(model), "backbone")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".fc." in n for n in trainable), trainable
 
@@ -232,9 +233,12 @@ def test_batched_random_affine_moves_pixels_and_fills_borders_with_black():
 
 def test_pretrained_folder_without_safetensors_is_refused(tmp_path):
     model, processor = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
-    model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
-    processor.save_pretrained(tmp_path / "pickled")
-    assert not (tmp_path / "pickled" / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    model.save_pretrained(tmp_path / "pickled")  # transformers 5 writes safetensors only: make the pickle by hand
+    weights = tmp_path / "pickled" / "model.safetensors"
+    torch.save(load_file(weights), tmp_path / "pickled" / "pytorch_model.bin")
+    weights.unlink()
     recipe = _recipe(str(tmp_path / "pickled"), {})
     recipe.model.pretrained = True
     with pytest.raises(HftkError, match="safetensors only"):

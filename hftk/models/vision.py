@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -50,10 +49,7 @@ def build_image_classifier(cfg: Any, labels: list[str], image_size: int | None) 
         prepare_config=functools.partial(_set_image_size, image_size=image_size or DEFAULT_IMAGE_SIZE),
         candidates=timm.list_models(),
     )
-    processor = _processor(cfg, model, image_size)
-    if cfg.freeze == "backbone":
-        freeze_backbone(model)
-    return model, processor
+    return model, _processor(cfg, model, image_size)
 
 
 def _processor(cfg: Any, model: Any, image_size: int | None) -> Any:
@@ -131,22 +127,6 @@ def _timm_safetensors(cfg: Any) -> str:
 
 def _jsonable(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool, list, tuple, dict, type(None)))
-
-
-def head_parameters(model: torch.nn.Module) -> set[int]:
-    """ids of the classification head's parameters (timm's classifier or transformers' ``classifier``)."""
-    if hasattr(model, "timm_model"):
-        return {id(p) for p in model.timm_model.get_classifier().parameters()}
-    return {id(p) for n, p in model.named_parameters() if n.startswith("classifier")}
-
-
-def freeze_backbone(model: torch.nn.Module) -> None:
-    """Train only the head (transfer learning); the count of what stays trainable is logged by training."""
-    head = head_parameters(model)
-    if not head:
-        raise HftkError("model.freeze=backbone: could not find the classification head of this model")
-    for p in model.parameters():
-        p.requires_grad = id(p) in head
 
 
 def processor_spec(processor: Any) -> tuple[int, list[float], list[float]]:

@@ -28,6 +28,7 @@ class TrainerInputs:
     datasets: Any  # DatasetDict from prepare_datasets: train, validation, test
     args: Any  # an instance of the task's TRAINING_ARGUMENTS
     callbacks: list  # hftk's callbacks (checkpoint guard, budget, early stopping): pass them on
+    optimizer: tuple | None = None  # pass on as the Trainer's optimizer_cls_and_kwargs (per-layer learning rates)
 
 
 @runtime_checkable
@@ -90,6 +91,8 @@ class Task(Protocol):
 #   DETERMINISTIC_OVERRIDES: list[str], added to TINY_OVERRIDES where runs must match exactly across process
 #       counts (the distributed equivalence test): switch off randomness drawn per process (augmentation) and
 #       layers whose state differs under data parallelism (batch-norm running statistics).
+#   model_parts(model) -> hftk.models.parts.ModelParts: the model's layers (stem first) and head, for model.freeze,
+#       gradual unfreezing and per-layer learning rates; without it the generic reading applies, with no head.
 #   chat(run_dir, input_fn, output, *, <options>) -> None: an interactive terminal session (`hftk chat RUN`);
 #       input_fn() returns the user's next line (EOFError ends it), answers are written to ``output``.
 

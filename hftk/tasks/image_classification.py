@@ -18,6 +18,8 @@ from hftk.config import RECIPES_DIR, DataConfig, ModelConfig, Recipe, _field
 from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, to_rgb
 from hftk.errors import HftkError
 from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
+from hftk.models.parts import ModelParts
+from hftk.models.parts import model_parts as read_parts
 from hftk.models.vision import build_image_classifier, load_image_processor, processor_spec
 from hftk.tasks.contract import TrainerInputs
 
@@ -61,7 +63,6 @@ class ImageModelConfig(ModelConfig):
     """The classifier: a timm architecture, a transformers model type (vit, resnet, convnext), a folder or Hub id."""
 
     name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
-    freeze: Literal["none", "backbone"] = _field("none", "'backbone' trains only the classification head")
 
 
 @dataclass
@@ -98,6 +99,11 @@ CONFIG_CLASSES = {"model": ImageModelConfig, "data": ImageDataConfig}
 
 def load_data(recipe: Recipe) -> DatasetDict:
     return load_image_data(recipe.data)
+
+
+def model_parts(model: Any) -> ModelParts:
+    """Stem, blocks (timm's own grouping for timm models) and the classification head."""
+    return read_parts(model, ["classifier"])
 
 
 def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
@@ -227,6 +233,7 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
         compute_metrics=compute_metrics,
         processing_class=inputs.processor,
         callbacks=inputs.callbacks,
+        optimizer_cls_and_kwargs=inputs.optimizer,
     )
     aug = inputs.recipe.data.augment
     if not (aug.mixup_alpha or aug.cutmix_alpha or aug.degrees or aug.translate or aug.scale):

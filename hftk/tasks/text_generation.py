@@ -29,6 +29,8 @@ from hftk.errors import HftkError
 from hftk.evaluation import eval_dir, inference_device, plot_learning_curves, read_metrics, write_metrics
 from hftk.evaluation import text as report
 from hftk.generation import context_length
+from hftk.models.parts import ModelParts
+from hftk.models.parts import model_parts as read_parts
 from hftk.models.text import RNN_CELLS, build_causal_lm, load_tokenizer
 from hftk.tasks.contract import TrainerInputs
 
@@ -121,6 +123,11 @@ def _check_data(recipe: Recipe) -> None:
         raise HftkError(f"eval.dynamic_segment {recipe.eval.dynamic_segment}: expected at least 1 token")
 
 
+def model_parts(model: Any) -> ModelParts:
+    """Embeddings, the stacked layers (transformer blocks or recurrent layers), and the output layer when untied."""
+    return read_parts(model, ["lm_head"])
+
+
 def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
     """Pretrained weights and tokenizer, or a random-init model with a BPE tokenizer trained on ``train``."""
     _check_data(recipe)
@@ -196,6 +203,7 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
         callbacks=[*inputs.callbacks, generation.SampleCallback(sample), *_epoch_callbacks(inputs.datasets["train"])],
+        optimizer_cls_and_kwargs=inputs.optimizer,
         preprocess_logits_for_metrics=window_nats,
     )
 
