@@ -9,6 +9,7 @@ Usage:
     hftk demo RUN_DIR [--host 127.0.0.1] [--port 7860]
     hftk push RUN_DIR --repo-id user/name [--private | --public] [--revision BRANCH] [--commit-message MSG]
     hftk export RUN_DIR --format onnx [--out DIR]                   (ONNX + parity check vs PyTorch)
+    hftk merge RUN_DIR OUT_DIR                                      (adapter + base -> a full model)
     hftk space RUN_DIR OUT_DIR [--model-id user/name]               (a Gradio Space folder)
     hftk recipes [--keys [TASK_ID]]
     accelerate launch -m hftk train RECIPE      (many processes / GPUs)
@@ -169,6 +170,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    import transformers
+
+    from hftk.evaluation import load_run_recipe, read_metrics
+    from hftk.hub import write_model_card
+    from hftk.models.adapters import merge_run
+    from hftk.tasks import get_task
+
+    recipe = load_run_recipe(args.run_dir)
+    task = get_task(recipe.task)
+    out = merge_run(Path(args.run_dir), Path(args.out_dir), getattr(transformers, task.AUTO_MODEL))
+    write_model_card(out, load_run_recipe(out), read_metrics(out))
+    print(f"merged model written to {out}; it loads with {task.AUTO_MODEL}.from_pretrained('{out}')")
+    return 0
+
+
 def _space(args: argparse.Namespace) -> int:
     from hftk.space import write_space
 
@@ -264,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="export folder (default: RUN_DIR/onnx)")
     p.add_argument("--batch-size", type=int, default=8, help="test-split examples the parity check runs on")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("merge", help="merge a run's PEFT adapter into its base: a full model folder")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.set_defaults(func=_merge)
 
     p = sub.add_parser("space", help="write a Gradio Space (app.py, requirements, README, model) for a run")
     p.add_argument("run_dir")

@@ -38,6 +38,20 @@ def _field(default: Any, help: str, **kwargs: Any) -> Any:
 
 
 @dataclass
+class PeftConfig:
+    """A PEFT adapter trained instead of the full model (the base stays frozen; the task's head trains in full)."""
+
+    method: Literal["none", "lora", "dora", "ia3", "loha", "lokr"] = _field(
+        "none", "adapter type (none: full training)"
+    )
+    r: int = _field(8, "rank of the LoRA/DoRA/LoHa/LoKr update")
+    alpha: int = _field(16, "scaling of the update (alpha / r)")
+    dropout: float = _field(0.05, "dropout on the adapter's input")
+    target_modules: list[str] | None = _field(None, "layers to adapt (None: the architecture's sensible default)")
+    quantize: Literal["none", "4bit"] = _field("none", "4bit: QLoRA, a 4-bit base (bitsandbytes, CUDA only)")
+
+
+@dataclass
 class ModelConfig:
     """Which network to train and how to initialise it."""
 
@@ -52,6 +66,7 @@ class ModelConfig:
     layer_decay: float | None = _field(
         None, "layer-wise learning-rate decay: layer i of L (stem first) trains at lr x decay^(L - i), e.g. 0.75"
     )
+    peft: PeftConfig = _field(PeftConfig(), "train a PEFT adapter (LoRA...) on the pretrained model")
     revision: str | None = _field(None, "Hub revision (branch, tag or commit) of a pretrained model")
     trust_remote_code: bool = _field(False, "allow code from the model's Hub repo to run (off: safer)")
 
@@ -390,6 +405,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     elif origin is Literal:
         if value in args:
             return value
+        hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        if hint:
+            raise HftkError(f"{where}: got {value!r}; expected {_type_name(tp)}; did you mean '{hint[0]}'?")
     elif tp is bool:
         if isinstance(value, bool):
             return value

@@ -319,7 +319,12 @@ def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
     model, processor = task.build_model(recipe, data)
     if recipe.regularization.dropout is not None:
         set_dropout(model, recipe.regularization.dropout)
-    apply_freeze(model, parts_of(task, model), recipe.model.freeze)
+    parts = parts_of(task, model)
+    apply_freeze(model, parts, recipe.model.freeze)
+    if recipe.model.peft.method != "none":
+        from hftk.models.adapters import wrap_adapter
+
+        model = wrap_adapter(model, recipe.model.peft, parts.head)
     datasets = task.prepare_datasets(recipe, data, processor)
     return task, data, model, processor, datasets
 
@@ -451,6 +456,10 @@ def _save_final_model(trainer: Any, output_dir: Path) -> None:
     # _internal_call: transformers pushes the folder on a user's save_model call when push_to_hub is on; hftk
     # pushes the finished run itself (with its card and evaluation), once, after this save.
     trainer.save_model(str(output_dir), _internal_call=True)
+    if hasattr(trainer.model, "peft_config") and trainer.args.should_save:
+        from hftk.models.adapters import save_model_config
+
+        save_model_config(trainer.model, output_dir)
 
 
 def _early_stopping(recipe: Recipe, args: TrainingArguments) -> TrainerCallback:

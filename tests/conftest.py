@@ -56,3 +56,20 @@ def digits_run(tmp_path_factory):
     )
     assert code == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def pretrained_runs(tmp_path_factory):
+    """Tiny runs hftk trains and saves, one per task on demand: the "pretrained" models of transfer/PEFT tests."""
+    from hftk.tasks import get_task
+
+    runs = {}
+
+    def get(task_id: str):
+        if task_id not in runs:
+            run = tmp_path_factory.mktemp("pretrained") / task_id
+            assert main(["-q", "train", task_id, *get_task(task_id).TINY_OVERRIDES, "--output-dir", str(run)]) == 0
+            runs[task_id] = run
+        return runs[task_id]
+
+    return get

@@ -84,7 +84,7 @@ def test_predict_shape_and_reload_gives_same_greedy_text(run, request):
     first = task.predict(run_dir, ["The", "A function"], max_new_tokens=6, temperature=0)
     assert [r["input"] for r in first] == ["The", "A function"]
     assert all(r["generated_text"] == r["input"] + r["continuation"] for r in first)
-    task._load_run_model.cache_clear()
+    task.load_run_model.cache_clear()
     assert task.predict(run_dir, ["The", "A function"], max_new_tokens=6, temperature=0) == first
     model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir)

@@ -16,14 +16,9 @@ from hftk.tasks import TASKS, get_task
 from hftk.training import build_training_arguments, prepare
 
 
-@pytest.fixture(scope="module", params=list(TASKS))
-def pretrained_run(request, tmp_path_factory):
-    """A tiny run of each task that hftk trains and saves: the "pretrained" model of the tests below."""
-    from hftk.cli import main
-
-    run = tmp_path_factory.mktemp("pretrained") / request.param
-    assert main(["-q", "train", request.param, *get_task(request.param).TINY_OVERRIDES, "--output-dir", str(run)]) == 0
-    return request.param, run
+@pytest.fixture(params=list(TASKS))
+def pretrained_run(request, pretrained_runs):
+    return request.param, pretrained_runs(request.param)
 
 
 def test_fine_tuning_starts_from_the_saved_weights(pretrained_run, caplog):

@@ -51,7 +51,8 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
 
 
 def require_model(run_dir: Path) -> None:
-    if not (run_dir / "config.json").is_file():
+    """A clear error unless ``run_dir`` holds a trained model (a full one, or an adapter)."""
+    if not (run_dir / "config.json").is_file() and not (run_dir / "adapter_config.json").is_file():
         raise HftkError(
             f"run folder '{run_dir}': no trained model yet (training unfinished? use `hftk train --resume`)"
         )

@@ -101,6 +101,8 @@ def _build_timm(cfg: Any, fields: dict, image_size: int | None) -> Any:
     model = TimmWrapperForImageClassification(config)
     # The wrapper re-initialises weights the transformers way (std 0.02); keep timm's own init or weights.
     model.timm_model.load_state_dict(timm_model.state_dict())
+    if cfg.pretrained:  # where the weights come from: an adapter run reloads its base from there
+        model.config._name_or_path = timm_model.pretrained_cfg.get("hf_hub_id") or ""
     return model
 
 
@@ -142,11 +144,13 @@ def processor_spec(processor: Any) -> tuple[int, list[float], list[float]]:
 
 
 def load_image_processor(source: str, config: Any, **kwargs: Any) -> Any:
-    """A run's image processor; timm's exists only with the PIL backend, so ask for that one.
+    """A run's (or pretrained model's) image processor.
 
-    Asking for the default (torchvision) backend logs "Requested torchvision backend is not available.
+    timm's is made from the model config, where it keeps its settings (also in adapter runs, which have no
+    config.json). Through AutoImageProcessor it would log "Requested torchvision backend is not available.
     Falling back to pil backend." for every timm run although torchvision is installed: transformers maps
     ``timm_wrapper`` to a PIL-only processor (it runs timm's own transforms).
     """
-    backend = "pil" if getattr(config, "model_type", None) == "timm_wrapper" else None
-    return AutoImageProcessor.from_pretrained(source, **({"backend": backend} if backend else {}), **kwargs)
+    if getattr(config, "model_type", None) == "timm_wrapper":  # its settings live in the model's config
+        return TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
+    return AutoImageProcessor.from_pretrained(source, **kwargs)

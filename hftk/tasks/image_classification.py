@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from hftk.config import RECIPES_DIR, DataConfig, ModelConfig, Recipe, _field
 from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, to_rgb
 from hftk.errors import HftkError
 from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
+from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
 from hftk.models.parts import ModelParts
 from hftk.models.parts import model_parts as read_parts
 from hftk.models.vision import build_image_classifier, load_image_processor, processor_spec
@@ -241,20 +241,12 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
     return ImageClassificationTrainer(augment=aug, **kwargs)
 
 
-def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
-    """The run's final model (on the inference device) and processor, loaded as any transformers user would.
-
-    Cached per run folder and config.json time, so a run trained again in the same process is reloaded.
-    """
-    config = Path(run_dir) / "config.json"  # rewritten with every save_pretrained
-    return _load_run_model(str(run_dir), config.stat().st_mtime_ns if config.is_file() else 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
+@cached_per_run
+def load_run_model(run_dir: str) -> tuple[Any, Any]:
+    """The run's final model (on the inference device) and processor, loaded as any transformers user would."""
     from transformers import AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(run_dir, use_safetensors=True)
+    model = load_run_weights(AutoModelForImageClassification, run_dir)
     return model.to(inference_device()).eval(), load_image_processor(run_dir, model.config)
 
 
@@ -374,7 +366,7 @@ def onnx_graphs(run_dir: Path, batch_size: int) -> list:
     from hftk.evaluation import load_run_recipe
     from hftk.export import NamedOutputs, OnnxGraph
 
-    model = AutoModelForImageClassification.from_pretrained(run_dir, use_safetensors=True).eval()
+    model = load_full_model(AutoModelForImageClassification, run_dir).eval()
     processor = load_image_processor(str(run_dir), model.config)
     test = load_data(load_run_recipe(run_dir))["test"]
     images = [to_rgb(im) for im in test.select(range(min(batch_size, len(test))))["image"]]

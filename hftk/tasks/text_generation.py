@@ -7,7 +7,6 @@ pretrained model brings its own. The headline metric is bits per byte on the tes
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import threading
@@ -29,6 +28,7 @@ from hftk.errors import HftkError
 from hftk.evaluation import eval_dir, inference_device, plot_learning_curves, read_metrics, write_metrics
 from hftk.evaluation import text as report
 from hftk.generation import context_length
+from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
 from hftk.models.parts import ModelParts
 from hftk.models.parts import model_parts as read_parts
 from hftk.models.text import RNN_CELLS, build_causal_lm, load_tokenizer
@@ -234,20 +234,12 @@ def sample_continuations(model: Any, tokenizer: Any, prompts: list[str], max_new
     return samples
 
 
-def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
-    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would.
-
-    Cached per run folder and config.json time, so a run trained again in the same process is reloaded.
-    """
-    config = Path(run_dir) / "config.json"  # rewritten with every save_pretrained
-    return _load_run_model(str(run_dir), config.stat().st_mtime_ns if config.is_file() else 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
+@cached_per_run
+def load_run_model(run_dir: str) -> tuple[Any, Any]:
+    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True)
+    model = load_run_weights(AutoModelForCausalLM, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return model.to(inference_device()).eval(), tokenizer
@@ -368,7 +360,7 @@ def onnx_graphs(run_dir: Path, batch_size: int) -> list:
     from hftk.evaluation import load_run_recipe
     from hftk.export import NamedOutputs, OnnxGraph
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True).eval()
+    model = load_full_model(AutoModelForCausalLM, run_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     recipe = load_run_recipe(run_dir)
     context = context_length(model.config)

@@ -1,0 +1,103 @@
+"""PEFT adapters: small run folders on a pretrained base, reloaded by predict, merged by `hftk merge`; bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from hftk.cli import main
+from hftk.tasks import get_task
+
+TASKS_WITH_ADAPTERS = ["image-classification", "text-generation"]
+
+
+def _adapter_run(task_id, base, out, *extra):
+    task = get_task(task_id)
+    tiny = [o for o in task.TINY_OVERRIDES if not o.startswith("data.tokenizer=")]
+    args = ["-q", "train", task_id, *tiny, f"model.name={base}", "model.pretrained=true", *extra, "--output-dir", out]
+    assert main([str(a) for a in args]) == 0
+    return out
+
+
+@pytest.mark.parametrize("task_id", TASKS_WITH_ADAPTERS)
+def test_lora_run_is_small_reloads_and_merges_to_the_same_predictions(task_id, pretrained_runs, tmp_path):
+    import transformers
+
+    task = get_task(task_id)
+    base = pretrained_runs(task_id)
+    run = _adapter_run(task_id, base, tmp_path / "lora", "model.peft.method=lora")
+    assert (run / "adapter_model.safetensors").is_file() and not (run / "model.safetensors").exists()
+    assert (run / "adapter_model.safetensors").stat().st_size < (base / "model.safetensors").stat().st_size
+    results = json.loads((run / "all_results.json").read_text())
+    assert results["trainable_parameters"] < results["total_parameters"]
+    assert "PEFT adapter" in (run / "README.md").read_text()
+    inputs = task.example_inputs(run, 2)
+    options = {"seed": 0} if task_id == "text-generation" else {}
+    first = task.predict(run, inputs, **options)
+    copy = shutil.copytree(run, tmp_path / "copy", ignore=shutil.ignore_patterns("checkpoint-*"))
+    assert task.predict(copy, inputs, **options) == [{**r, "input": r["input"]} for r in first]
+    assert main(["-q", "merge", str(run), str(tmp_path / "merged")]) == 0
+    merged = getattr(transformers, task.AUTO_MODEL).from_pretrained(tmp_path / "merged")
+    assert not hasattr(merged, "peft_config")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "input"} for r in rows]  # noqa: E731
+    again = task.predict(tmp_path / "merged", inputs, **options)
+    for a, b in zip(strip(again), strip(first)):
+        if "predictions" in a:  # scores agree to float precision once merged
+            assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        else:
+            assert a == b
+
+
+@pytest.mark.parametrize(
+    "task_id, method",
+    [("text-generation", "dora"), ("text-generation", "ia3"), ("image-classification", "loha")],
+)
+def test_other_adapters_train(task_id, method, pretrained_runs, tmp_path):
+    run = _adapter_run(task_id, pretrained_runs(task_id), tmp_path / method, f"model.peft.method={method}")
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert config["peft_type"].lower() == ("lora" if method == "dora" else method)
+    assert config.get("use_dora", False) is (method == "dora")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.peft.method=lora", "model.peft.target_modules=[nonexistent]"], "nonexistent not in this model"),
+        (["model.peft.method=lora", "model.peft.quantize=4bit"], "needs a CUDA GPU"),
+        (["model.peft.method=lorra"], "did you mean 'lora'?"),
+    ],
+)
+def test_bad_adapter_settings_are_one_line(cli, pretrained_runs, tmp_path, overrides, message):
+    base = pretrained_runs("text-generation")
+    task = get_task("text-generation")
+    code, _, err = cli(
+        "train",
+        "text-generation",
+        *task.TINY_OVERRIDES,
+        f"model.name={base}",
+        "model.pretrained=true",
+        *overrides,
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_an_adapter_needs_pretrained_weights(cli, tmp_path):
+    task = get_task("text-generation")
+    code, _, err = cli(
+        "train", "text-generation", *task.TINY_OVERRIDES, "model.peft.method=lora", "--output-dir", tmp_path / "r"
+    )
+    assert code == 2 and "an adapter trains on pretrained weights" in err
+
+
+def test_merge_of_a_full_run_and_a_missing_base_are_one_line(cli, pretrained_runs, tmp_path):
+    base = pretrained_runs("text-generation")
+    code, _, err = cli("merge", base, tmp_path / "out")
+    assert code == 2 and "not an adapter run" in err
+    moved = shutil.copytree(base, tmp_path / "base")
+    run = _adapter_run("text-generation", moved, tmp_path / "lora", "model.peft.method=lora")
+    shutil.rmtree(moved)  # the base the adapter names is gone
+    get_task("text-generation").load_run_model.cache_clear()
+    code, _, err = cli("predict", run, "The")
+    assert code == 2 and "cannot put the adapter on its base model" in err
