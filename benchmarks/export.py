@@ -1,0 +1,85 @@
+"""ONNX export of each task's default model: parity with PyTorch and CPU latency at batch 1 and 32 (issue 13).
+
+Usage:
+    python benchmarks/export.py [--tasks image-classification text-generation ...]
+
+Each task that can be exported trains its default recipe for a few fixed steps (the weights' quality does not
+matter for latency or parity), then `hftk export` runs: ONNX Runtime vs PyTorch on test-split inputs within the
+graph's tolerance, and the median latency of both on this CPU with the same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from common import machine, markdown_table, train_run, write_section
+
+
+def main() -> None:
+    from hftk.export import export_run
+    from hftk.tasks import TASKS, get_task
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=[t for t in TASKS if hasattr(get_task(t), "onnx_graphs")])
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hftk-export-") as folder:
+        for task_id in args.tasks:
+            task = get_task(task_id)
+            run = Path(folder) / task_id
+            steps = [
+                "train.max_steps=10",
+                "train.eval_strategy=no",
+                "train.save_strategy=no",
+                "budget.minutes=null",
+                "train.load_best_model_at_end=false",
+            ]
+            train_run(str(task.DEFAULT_RECIPE), steps, run)
+            report = export_run(run)
+            for graph in report["graphs"]:
+                rows.append(
+                    [
+                        task_id,
+                        Path(task.DEFAULT_RECIPE).stem,
+                        graph["file"],
+                        f"{graph['max_abs_error']:.1e} ({graph['tolerance']:.0e})",
+                        graph["torch_ms_batch1"],
+                        graph["onnx_ms_batch1"],
+                        f"{graph['torch_ms_batch1'] / graph['onnx_ms_batch1']:.1f}x",
+                        graph["torch_ms_batch32"],
+                        graph["onnx_ms_batch32"],
+                        f"{graph['torch_ms_batch32'] / graph['onnx_ms_batch32']:.1f}x",
+                    ]
+                )
+            print(json.dumps(report["graphs"]), flush=True)
+    header = [
+        "task",
+        "recipe",
+        "graph",
+        "max abs error (tol.)",
+        "torch ms b1",
+        "onnx ms b1",
+        "speed-up b1",
+        "torch ms b32",
+        "onnx ms b32",
+        "speed-up b32",
+    ]
+    text = "\n".join(
+        [
+            "## Export: ONNX Runtime vs PyTorch on the CPU (median of 10 calls, same threads)",
+            "",
+            markdown_table(header, rows),
+            "",
+            f"Recorded {machine()}; `python benchmarks/export.py`. Parity on test-split inputs at the run's batch and",
+            "at batch 1 (dynamic batch); text graphs score a window without a key/value cache.",
+        ]
+    )
+    print(text)
+    write_section("export", text)
+
+
+if __name__ == "__main__":
+    main()
