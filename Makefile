@@ -30,8 +30,10 @@ test: install  ## the test suite (offline, tiny models; a few minutes)
 test-all: install  ## also the slow tests
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-bench: install  ## speed and quality benchmarks; results go to benchmarks/RESULTS.md
-	$(BIN)/python benchmarks/image_classification.py
+BENCHMARKS := image_classification text_generation seq2seq_chat object_detection training_options export distributed
+
+bench: install  ## every speed and quality benchmark (hours on a CPU); results go to benchmarks/RESULTS.md
+	set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; done
 
 demo: install  ## open the demo of the newest run
 	$(BIN)/hftk demo $$(ls -td runs/*/ | head -n 1)

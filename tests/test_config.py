@@ -121,3 +121,12 @@ def test_quickstart_fixes_its_work_and_evaluates_often():
 def test_readme_shows_the_shipped_quickstart_recipe():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert (RECIPES_DIR / "image-classification" / "resnet-mnist.yaml").read_text().strip() in readme
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES_DIR / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_launch_config_is_a_valid_accelerate_config(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 1 and config.compute_environment.value == "LOCAL_MACHINE"
+    assert "# Run:" in path.read_text() and "-m hftk" in path.read_text()
