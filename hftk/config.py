@@ -67,6 +67,7 @@ class ModelConfig:
         None, "layer-wise learning-rate decay: layer i of L (stem first) trains at lr x decay^(L - i), e.g. 0.75"
     )
     peft: PeftConfig = _field(PeftConfig(), "train a PEFT adapter (LoRA...) on the pretrained model")
+    channels_last: bool | None = _field(None, "channels-last memory for convolutions (None: on for CNNs on a GPU)")
     revision: str | None = _field(None, "Hub revision (branch, tag or commit) of a pretrained model")
     trust_remote_code: bool = _field(False, "allow code from the model's Hub repo to run (off: safer)")
 
@@ -152,7 +153,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "remove_unused_columns": False,  # tasks feed exactly the columns the model needs
-    "dataloader_num_workers": 0,
 }
 
 # TrainingArguments fields that hftk owns: set from the CLI or never at all.

@@ -248,7 +248,10 @@ def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: 
     """The task's TrainingArguments from `train:`, with the budget and checkpoint guard adjustments."""
     values = dict(recipe.train)
     values["save_total_limit"] = None  # CheckpointGuard rotates, after marking checkpoints complete
-    if not torch.cuda.is_available():
+    values.setdefault("eval_accumulation_steps", 16)  # move gathered predictions to the CPU as evaluation goes
+    if torch.cuda.is_available():  # the GPU speed path, unless the recipe says otherwise
+        values.update({k: v for k, v in gpu_defaults().items() if k not in values})
+    else:
         values.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
         # transformers builds its distributed state for CPU processes (gloo) only with use_cpu; without it, two
         # processes launched on a CPU machine each train alone and both write the run folder
@@ -274,6 +277,24 @@ def build_training_arguments(recipe: Recipe, output_dir: Path, arguments_class: 
         return arguments_class(output_dir=str(output_dir), **values)
     except (ValueError, TypeError) as err:
         raise HftkError(f"{recipe.source}: train: {' '.join(str(err).split())[:400]}") from None
+
+
+def gpu_defaults() -> dict[str, Any]:
+    """TrainingArguments hftk picks when CUDA is present and the recipe leaves them unset.
+
+    bf16 autocast where the GPU supports it (Ampere and newer), TF32 matmuls, fused AdamW, dataloader workers with
+    pinned memory (4 per process, within the cores). SDPA attention is transformers' default already;
+    ``model.model_args.attn_implementation`` picks another (flash_attention_2); ``train.torch_compile`` compiles.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = max(0, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1)
+    return {
+        "bf16": torch.cuda.is_bf16_supported(),
+        "tf32": torch.cuda.get_device_capability()[0] >= 8,
+        "optim": "adamw_torch_fused",
+        "dataloader_num_workers": min(4, per_process),
+        "dataloader_pin_memory": True,
+    }
 
 
 def _has_accelerator() -> bool:
@@ -321,6 +342,11 @@ def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
         set_dropout(model, recipe.regularization.dropout)
     parts = parts_of(task, model)
     apply_freeze(model, parts, recipe.model.freeze)
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if recipe.model.channels_last or (
+        recipe.model.channels_last is None and convolutional and torch.cuda.is_available()
+    ):
+        model = model.to(memory_format=torch.channels_last)  # tensor-core convolutions want NHWC
     if recipe.model.peft.method != "none":
         from hftk.models.adapters import wrap_adapter
 
