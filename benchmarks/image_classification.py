@@ -1,10 +1,10 @@
-"""Image-classification benchmark: quickstart quality in its time budget, throughput vs a plain Trainer, demo latency.
+"""Image-classification benchmark: quickstart quality for several seeds, throughput vs a plain Trainer, demo latency.
 
 Usage:
     python benchmarks/image_classification.py                  # all three parts
     python benchmarks/image_classification.py --seeds 42 --no-throughput --no-demo
 
-Quality: the quickstart recipe (recipes/image-classification/resnet-mnist.yaml, `budget.minutes: 1`) trained
+Quality: the quickstart recipe (recipes/image-classification/resnet-mnist.yaml, 16 fixed epochs) trained
 with `hftk.training.train` for each seed; test accuracy on the fixed 1,000-image mnist-5k test split.
 
 Throughput: training images/s of hftk's path vs a plain transformers Trainer script on the same timm model
@@ -60,6 +60,20 @@ def quality(seeds: list[int], out: Path) -> list[dict]:
         )
         print(f"quickstart seed {seed}: {rows[-1]}", flush=True)
     return rows
+
+
+def rerun_difference(seed: int, out: Path) -> tuple[float, float]:
+    """Train the quickstart with ``seed`` again: (accuracy difference, largest weight difference) to the first run."""
+    from safetensors.torch import load_file
+
+    from hftk.config import load_recipe
+    from hftk.training import train
+
+    first, again = out / f"quickstart-{seed}", out / f"quickstart-{seed}-again"
+    train(load_recipe(QUICKSTART, [f"train.seed={seed}"]), again)
+    accuracy = [json.loads((d / "all_results.json").read_text())["test_accuracy"] for d in (first, again)]
+    a, b = load_file(first / "model.safetensors"), load_file(again / "model.safetensors")
+    return abs(accuracy[0] - accuracy[1]), max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def _plain_trainer(steps: int, batch: int, out: Path):
@@ -227,7 +241,7 @@ def write_results(section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
     parser.add_argument("--steps", type=int, default=40, help="training steps per throughput round")
     parser.add_argument("--calls", type=int, default=40, help="demo predictions timed")
@@ -248,7 +262,7 @@ def main() -> None:
         runs = quality(args.seeds, out)
         accs = [r["test_accuracy"] for r in runs]
         lines += [
-            "### Quickstart (resnet-mnist.yaml, budget 1 minute): test accuracy on the 1,000 held-out digits",
+            "### Quickstart (resnet-mnist.yaml, 16 epochs): test accuracy on the 1,000 held-out digits",
             "",
             "| seed | test accuracy | train s | steps | epochs | load avg |",
             "|---|---|---|---|---|---|",
@@ -260,7 +274,13 @@ def main() -> None:
         ]
         lines += [
             "",
-            f"min {min(accs):.4f}, mean {statistics.mean(accs):.4f} (target: >= 0.99 within 60 s of training).",
+            f"min {min(accs):.4f}, mean {statistics.mean(accs):.4f} (target: >= 0.99 for every seed, about a minute "
+            "of training on a quiet 2-core CPU).",
+        ]
+        acc_diff, weight_diff = rerun_difference(args.seeds[0], out)
+        lines += [
+            f"Seed {args.seeds[0]} trained again in the same benchmark: test accuracy differs by {acc_diff:.4f}, "
+            f"weights by at most {weight_diff:.1e}.",
             "",
         ]
     if not args.no_throughput:
@@ -282,7 +302,7 @@ def main() -> None:
             from hftk.config import load_recipe
             from hftk.training import train
 
-            train(load_recipe(QUICKSTART, ["budget.minutes=0.2"]), run_dir)
+            train(load_recipe(QUICKSTART, ["train.num_train_epochs=2"]), run_dir)
         d = demo_latency(run_dir, args.calls)
         lines += [
             "### Demo latency: one prediction through gradio_client vs the bare processor + model forward",
