@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,14 +28,21 @@ import yaml
 
 from hftk.errors import HftkError
 
+logger = logging.getLogger(__name__)
+
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped inside the package; ./recipes links here
 
 
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field whose ``help`` is shown by ``hftk recipes --keys``."""
+def _field(default: Any, help: str, per_architecture: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field whose ``help`` is shown by ``hftk recipes --keys``.
+
+    ``per_architecture``: a model setting that belongs to the recipe's ``model.name`` (config fields, a backbone);
+    a ``model.name=...`` override that names another model drops the recipe's value of it.
+    """
+    metadata = {"help": help, "per_architecture": per_architecture}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
@@ -57,7 +65,9 @@ class ModelConfig:
 
     name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
     pretrained: bool = _field(False, "load pretrained weights (Hub or local folder) instead of a random init")
-    model_args: dict = _field({}, "extra arguments: timm.create_model kwargs, or transformers config fields")
+    model_args: dict = _field(
+        {}, "extra arguments: timm.create_model kwargs, or transformers config fields", per_architecture=True
+    )
     freeze: str | int = _field(
         "none", "none, backbone (train only the head), or N: freeze the stem/embeddings and the first N blocks"
     )
@@ -294,7 +304,8 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
     from hftk import tasks
 
     path = resolve_recipe_path(str(recipe))
-    raw = _merge(read_yaml(path), parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    raw = _merge(_for_another_model(read_yaml(path), extra), extra)
     where = str(path)
     known = {"task", "name", "train", *SECTIONS}
     for key in raw:
@@ -316,6 +327,30 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
     train = {**TRAIN_DEFAULTS, **getattr(task, "TRAIN_DEFAULTS", {}), **train}
     name = raw.get("name") or path.stem
     return Recipe(task=task_id, train=train, name=str(name), source=str(path), **sections)
+
+
+def _for_another_model(raw: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without its per-architecture model settings when the overrides name another model: the recipe's
+    RT-DETR config fields mean nothing to a DETR (``hftk train object-detection model.name=detr``)."""
+    from hftk import tasks
+
+    model, new = raw.get("model"), extra.get("model")
+    if not isinstance(model, dict) or not isinstance(new, dict) or new.get("name") in (None, model.get("name")):
+        return raw
+    task_id = extra.get("task", raw.get("task"))
+    if task_id not in tasks.TASKS:
+        return raw
+    cls = section_classes(tasks.get_task(task_id))["model"]
+    tied = {f.name for f in dataclasses.fields(cls) if f.metadata.get("per_architecture")}
+    dropped = sorted(k for k in model if k in tied and k not in new)
+    if dropped:
+        logger.info(
+            "model.name=%s replaces the recipe's %s: its model.%s are not used",
+            new["name"],
+            model.get("name"),
+            ", model.".join(dropped),
+        )
+    return {**raw, "model": {k: v for k, v in model.items() if k not in tied}}
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:

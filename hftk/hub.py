@@ -23,7 +23,18 @@ logger = logging.getLogger(__name__)
 
 # What a push uploads from a run folder (glob patterns, relative to it); checkpoints, optimizer states, the
 # pickled training arguments and TensorBoard events stay local unless asked for.
-PUSH_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "README.md", "recipe.yaml", "samples.jsonl"]
+# transformers 5 saves a tokenizer's chat template as chat_template.jinja
+PUSH_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.py",
+    "*.jinja",
+    "README.md",
+    "recipe.yaml",
+    "samples.jsonl",
+]
 PUSH_EVAL = ["eval/**/*"]
 PUSH_LOGS = ["runs/**/*"]
 PUSH_CHECKPOINTS = ["checkpoint-*/**/*"]

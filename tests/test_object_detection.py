@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from hftk.config import load_recipe
+from hftk.data import detection_transforms as transforms
 from hftk.data.shapes import ShapesSpec, shapes_dir
 from hftk.errors import HftkError
 from hftk.evaluation import load_metric
@@ -249,10 +250,10 @@ def test_metadata_box_with_wrong_length_names_the_row(tmp_path):
 
 
 def test_augmentation_keeps_boxes_inside_and_labels_aligned():
-    aug = task.DetectionAugmentConfig(
+    aug = transforms.DetectionAugmentConfig(
         hflip=0.5, vflip=0.5, scale_jitter=[0.5, 1.5], translate=0.2, iou_crop=0.5, color_jitter=0.4, min_box_size=2
     )
-    transform = task.build_augmentation(aug)
+    transform = transforms.build_augmentation(aug)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     kept = 0
@@ -271,7 +272,7 @@ def test_augmentation_keeps_boxes_inside_and_labels_aligned():
 
 
 def test_flip_moves_the_box_with_the_image():
-    transform = task.build_augmentation(task.DetectionAugmentConfig(hflip=1.0))
+    transform = transforms.build_augmentation(transforms.DetectionAugmentConfig(hflip=1.0))
     pixels = torch.zeros(3, 20, 30, dtype=torch.uint8)
     pixels[:, 2:6, 1:5] = 255
     image, boxes, _ = transform(pixels, [[1, 2, 4, 4]], [0])
@@ -315,9 +316,9 @@ def test_a_frozen_pretrained_resnet_backbone_trains_as_detr_meant(tmp_path):
 
 
 def test_timm_backbone_wires_the_encoder_channels_and_its_own_learning_rate(tmp_path):
-    from hftk.models.detection import build_detector
+    from hftk.models.detection import backbone_parameters, build_detector
     from hftk.tasks.contract import TrainerInputs
-    from hftk.training import build_training_arguments
+    from hftk.training import build_training_arguments, layer_training
 
     args = {"encoder_hidden_dim": 16, "d_model": 16, "decoder_in_channels": [16, 16, 16], "decoder_layers": 1}
     cfg = task.DetectionModelConfig(name="rt_detr", backbone="test_resnet", model_args=args)
@@ -326,9 +327,28 @@ def test_timm_backbone_wires_the_encoder_channels_and_its_own_learning_rate(tmp_
     assert list(model.config.encoder_in_channels) == [48, 192, 96]  # test_resnet at strides 8, 16, 32
     assert model.config.freeze_backbone_batch_norms is False
     args = build_training_arguments(recipe, tmp_path)
-    trainer = task.build_trainer(TrainerInputs(recipe, model, processor, {"train": [], "validation": []}, args, []))
-    lrs = sorted({g["lr"] for g in trainer.create_optimizer().param_groups})
-    assert lrs == pytest.approx([args.learning_rate * 0.1, args.learning_rate])
+    optimizer, _ = layer_training(recipe, task, model, args)
+    inputs = TrainerInputs(recipe, model, processor, {"train": [], "validation": []}, args, [], optimizer)
+    groups = task.build_trainer(inputs).create_optimizer().param_groups
+    backbone = {id(p) for _, p in backbone_parameters(model)}
+    lrs = sorted({g["lr"] for g in groups if all(id(p) in backbone for p in g["params"])})
+    assert lrs == pytest.approx([args.learning_rate * 0.1])
+    others = sorted({g["lr"] for g in groups if not any(id(p) in backbone for p in g["params"])})
+    assert others == pytest.approx([args.learning_rate])
+
+
+def test_freeze_backbone_trains_the_transformer_and_heads_only():
+    from hftk.models.detection import backbone_parameters, build_detector
+    from hftk.models.parts import apply_freeze
+
+    args = {"encoder_hidden_dim": 16, "d_model": 16, "decoder_in_channels": [16, 16, 16], "decoder_layers": 1}
+    model, _ = build_detector(task.DetectionModelConfig(name="rt_detr", model_args=args), NAMES, 64)
+    parts = task.model_parts(model)
+    assert parts.blocks >= 4 and parts.head  # the ResNet's blocks after its stem; encoder, decoder and heads
+    apply_freeze(model, parts, "backbone")
+    backbone = {n for n, _ in backbone_parameters(model)}
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n in backbone)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n not in backbone)
 
 
 def test_a_model_that_is_not_a_detector_is_refused():

@@ -242,7 +242,7 @@ def test_reload_gives_the_same_answers_as_generate(chat_run):
 
     first = task.predict(chat_run, ["hello", "what is your name"])
     assert [r["generated_text"] for r in first] == ["hi there, how are you doing today?", "my name is tiny bot"]
-    task._load_run_model.cache_clear()
+    task.load_run_model.cache_clear()
     assert task.predict(chat_run, ["hello", "what is your name"]) == first
     model = AutoModelForSeq2SeqLM.from_pretrained(chat_run).eval()
     tokenizer = AutoTokenizer.from_pretrained(chat_run)

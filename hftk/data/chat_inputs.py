@@ -6,7 +6,7 @@
   the end of the retrieved answer; a message that does not fit on its own is an error.
 - ``Memory``: the training exchanges, searched by TF-IDF cosine over the messages (scikit-learn's defaults). The
   retrieval baseline answers with the nearest exchange's response; a ``data.retrieve`` model reads it and decides
-  what to keep (retrieve and refine, Weston et al., 2018). Such a run keeps its memory (``chat_memory.jsonl``) so
+  what to keep (retrieve and refine, Weston et al., 2018). Such a run keeps its memory (``chat_memory.json``) so
   that predict, chat, the demo and the pipeline retrieve exactly as training and evaluation did.
 """
 
@@ -24,7 +24,7 @@ from hftk.errors import HftkError
 
 logger = logging.getLogger(__name__)
 
-MEMORY_FILE = "chat_memory.jsonl"
+MEMORY_FILE = "chat_memory.json"  # *.json: pushed to the Hub with the model
 RETRIEVED = " || {message} => {response}"  # appended to the model input of a data.retrieve run
 
 
@@ -114,8 +114,8 @@ class Memory:
         return [(self.messages[i], self.responses[i]) for i in self.nearest(queries, exclude)]
 
     def save(self, folder: Path) -> None:
-        rows = ({"message": m, "response": r} for m, r in zip(self.messages, self.responses))
-        (Path(folder) / MEMORY_FILE).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        rows = [{"message": m, "response": r} for m, r in zip(self.messages, self.responses)]
+        (Path(folder) / MEMORY_FILE).write_text(json.dumps(rows, ensure_ascii=False, indent=0) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> Memory | None:
@@ -123,5 +123,5 @@ class Memory:
         path = Path(folder) / MEMORY_FILE
         if not path.is_file():
             return None
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = json.loads(path.read_text())
         return cls([r["message"] for r in rows], [r["response"] for r in rows])

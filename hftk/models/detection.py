@@ -27,6 +27,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetec
 
 from hftk.errors import HftkError
 from hftk.models import check_model_args, error_line, load_model
+from hftk.models.parts import ModelParts
+from hftk.models.parts import model_parts as read_parts
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +73,6 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
     )
     _check_detector(model.config, cfg.name)
     settle_backbone(model, pretrained=not random_backbone)
-    if cfg.freeze == "backbone":
-        for _, p in backbone_parameters(model):
-            p.requires_grad = False
-    log_trainable_parts(model)
     return model, build_processor(cfg, model, image_size)
 
 
@@ -164,6 +162,18 @@ def backbone_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Para
     if inside or getattr(model.config, "model_type", "") != "yolos":
         return inside
     return [(n, p) for n, p in named if n.startswith("vit.") and "detection_tokens" not in n]
+
+
+def detection_parts(model: torch.nn.Module) -> ModelParts:
+    """The backbone read as layers (stem first, then one layer per block of its stages); the rest is the head."""
+    backbone = [n for n, _ in backbone_parameters(model)]
+    if not backbone:
+        raise HftkError(f"{model.config.model_type}: no backbone found to freeze or to give its own learning rate")
+    inside = set(backbone)
+    layers = read_parts(model).layers
+    ordered = [[n for n in layer if n in inside] for layer in layers]
+    stem, blocks = ordered[0], [layer for layer in ordered[1:] if layer]
+    return ModelParts([stem, *blocks], [n for n, _ in model.named_parameters() if n not in inside])
 
 
 def settle_backbone(model: torch.nn.Module, pretrained: bool) -> None:

@@ -195,12 +195,6 @@ def build_seq2seq(cfg: Any, tokenizer: Any, source_tokenizer: Any | None = None)
     return model
 
 
-def freeze_encoder(model: Any) -> None:
-    """``model.freeze=encoder``: keep the (pretrained) encoder as it is; only the decoder learns."""
-    for parameter in model.get_encoder().parameters():
-        parameter.requires_grad = False
-
-
 def max_positions(model: Any) -> int | None:
     """The longest input the encoder takes (None: relative positions, no limit)."""
     config = model.config.encoder if hasattr(model.config, "encoder") else model.config

@@ -8,27 +8,27 @@ expects); validation runs ``post_process_object_detection`` with each image's si
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from datasets import DatasetDict
 from datasets import Image as ImageFeature
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from hftk.config import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, _field
 from hftk.data.detection import class_names, load_detection_data
+from hftk.data.detection_transforms import DetectionAugmentConfig, DetectionTransform, EpochCallback, collate
 from hftk.data.shapes import ShapesSpec
 from hftk.data.video import VIDEO_EXTENSIONS, is_video
 from hftk.errors import HftkError
 from hftk.evaluation import inference_device, read_metrics
 from hftk.evaluation.detection import compute_map, post_process, target_boxes
-from hftk.models.detection import backbone_parameters, build_detector
+from hftk.models.adapters import cached_per_run, load_run_weights
+from hftk.models.detection import build_detector, detection_parts, log_trainable_parts
+from hftk.models.parts import ModelParts
 from hftk.tasks.contract import TrainerInputs
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,18 @@ TINY_OVERRIDES = [
     "train.logging_steps=2",
     "eval.gallery=4",
 ]
+# the distributed equivalence test: RT-DETR's batch norms (their running statistics follow one process under
+# data parallelism) and its denoising queries (noise drawn per process) cannot match across process counts; a
+# Conditional DETR with transformers' frozen backbone batch norms and no dropout can, and its losses are
+# normalised by the boxes of all processes, so 2 processes equal 1 with the same global batch
+DETERMINISTIC_OVERRIDES = [
+    "model.name=conditional_detr",
+    "model.backbone=resnet",
+    "model.backbone_args={embedding_size: 8, hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1], layer_type: basic}",
+    "model.model_args={d_model: 32, encoder_layers: 1, decoder_layers: 2, encoder_ffn_dim: 16, decoder_ffn_dim: 16, "
+    "encoder_attention_heads: 2, decoder_attention_heads: 2, num_queries: 20, dropout: 0.0, attention_dropout: 0.0, "
+    "activation_dropout: 0.0}",
+]
 HEADLINE = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"]
 TRAIN_DEFAULTS = {"metric_for_best_model": "map", "batch_eval_metrics": True}
 TRAINING_ARGUMENTS = TrainingArguments
@@ -67,11 +79,13 @@ class DetectionModelConfig(ModelConfig):
     """The detector: a model type (rt_detr, d_fine, detr...) from its config, a Hub id or a local folder."""
 
     name: str = _field("rt_detr", "detector type (rt_detr, d_fine, detr, deformable_detr, yolos...), Hub id or folder")
-    freeze: Literal["none", "backbone"] = _field("none", "'backbone' trains everything but the backbone")
-    backbone: str | None = _field(None, "backbone of a model built from its config: timm name or transformers type")
-    backbone_args: dict = _field({}, "config fields of a transformers backbone (or timm kwargs), out_indices")
+    backbone: str | None = _field(
+        None, "backbone of a model built from its config: timm name or transformers type", per_architecture=True
+    )
+    backbone_args: dict = _field(
+        {}, "config fields of a transformers backbone (or timm kwargs), out_indices", per_architecture=True
+    )
     backbone_pretrained: bool = _field(False, "load a timm backbone's pretrained weights (safetensors, from the Hub)")
-    backbone_lr_multiplier: float = _field(1.0, "the backbone learns at learning_rate x this (0.1 for pretrained)")
     auxiliary_loss: bool | None = _field(True, "losses at every decoder layer (DETR trains so); None: the model's")
 
 
@@ -89,21 +103,6 @@ class ShapesConfig:
         return ShapesSpec(
             seed=self.seed, image_size=self.image_size, train=self.train, validation=self.validation, test=self.test
         )
-
-
-@dataclass
-class DetectionAugmentConfig:
-    """Box-aware training augmentation (torchvision.transforms.v2 on tv_tensors.BoundingBoxes)."""
-
-    hflip: float = _field(0.5, "probability of a horizontal flip")
-    vflip: float = _field(0.0, "probability of a vertical flip")
-    scale_jitter: list[float] | None = _field(
-        None, "zoom range [min, max] around the centre (<1: zoom out); None: off"
-    )
-    translate: float = _field(0.0, "max shift as a fraction of the size (with scale_jitter's affine)")
-    iou_crop: float = _field(0.0, "probability of an SSD-style crop that keeps boxes valid (RandomIoUCrop)")
-    color_jitter: float = _field(0.0, "strength of brightness/contrast/saturation jitter (hue: a quarter of it)")
-    min_box_size: float = _field(2.0, "boxes smaller than this (px) after augmentation are dropped")
 
 
 @dataclass
@@ -144,131 +143,14 @@ def load_data(recipe: Recipe) -> DatasetDict:
 
 
 def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
-    if recipe.model.backbone_lr_multiplier < 0:
-        raise HftkError(f"model.backbone_lr_multiplier {recipe.model.backbone_lr_multiplier}: expected >= 0")
     return build_detector(recipe.model, class_names(data["train"]), recipe.data.image_size)
 
 
-class DetectionTransform:
-    """Examples -> ``pixel_values`` (+ ``pixel_mask``) and ``labels`` made by the run's image processor.
-
-    Training examples first go through the recipe's box-aware augmentation, with random numbers drawn from
-    (seed, epoch, example index) rather than torch's global stream: the Trainer's dataloader fetches a batch ahead,
-    so global draws made here would leave a checkpoint's saved random state one batch late, and a resumed run would
-    augment differently from the straight one. Images are decoded here (not by datasets) so that an unreadable
-    file is named in the error.
-    """
-
-    def __init__(self, processor: Any, augment: DetectionAugmentConfig | None = None, seed: int = 0):
-        self.processor = processor
-        self.augment = build_augmentation(augment) if augment is not None else None
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __call__(self, batch: dict) -> dict:
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        images, annotations = [], []
-        indices = batch.get("index") or [0] * len(batch["image"])
-        for image, image_id, objects, index in zip(batch["image"], batch["image_id"], batch["objects"], indices):
-            pixels = pil_to_tensor(open_image(image))
-            boxes, labels = objects["bbox"], objects["category"]
-            if self.augment is not None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
-                    pixels, boxes, labels = self.augment(pixels, boxes, labels)
-            images.append(pixels)
-            annotations.append(coco_target(image_id, boxes, labels))
-        out = self.processor(images=images, annotations=annotations, return_tensors="pt")
-        result = {"pixel_values": list(out["pixel_values"]), "labels": list(out["labels"])}
-        if "pixel_mask" in out:
-            result["pixel_mask"] = list(out["pixel_mask"])
-        return result
-
-
-class EpochCallback(TrainerCallback):
-    """Tells the training transform which epoch begins (a run resumed mid-epoch resumes that epoch)."""
-
-    def __init__(self, transform: DetectionTransform):
-        self.transform = transform
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.transform.set_epoch(math.floor(state.epoch + 1e-6))
-
-
-def coco_target(image_id: int, boxes: list, labels: list) -> dict:
-    objects = [
-        {"bbox": list(b), "category_id": int(c), "area": float(b[2] * b[3]), "iscrowd": 0}
-        for b, c in zip(boxes, labels)
-    ]
-    return {"image_id": int(image_id), "annotations": objects}
-
-
-def open_image(image: Any):
-    """A PIL RGB image from a datasets image dict (path or bytes) or a PIL image; unreadable ones name the file."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    from hftk.data.images import to_rgb
-
-    if not isinstance(image, dict):
-        return to_rgb(image)
-    source = image.get("path") or "<embedded bytes>"
-    try:
-        with Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as im:
-            im.load()
-            return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HftkError(f"{source}: not a readable image (it could be opened but not decoded)") from None
-
-
-class BoxAugment:
-    """A torchvision v2 pipeline over an image tensor, its XYWH boxes and labels; boxes stay valid (clamped, tiny
-    ones dropped). Picklable, so dataloader workers can use it."""
-
-    def __init__(self, ops: list):
-        from torchvision.transforms import v2
-
-        self.transform = v2.Compose(ops)
-
-    def __call__(self, pixels: torch.Tensor, boxes: list, labels: list) -> tuple[torch.Tensor, list, list]:
-        from torchvision import tv_tensors
-
-        size = tuple(pixels.shape[-2:])
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYWH", canvas_size=size
-            ),
-            "labels": torch.tensor(labels, dtype=torch.long),
-        }
-        image, target = self.transform(tv_tensors.Image(pixels), target)
-        return image.as_subclass(torch.Tensor), target["boxes"].tolist(), target["labels"].tolist()
-
-
-def build_augmentation(aug: DetectionAugmentConfig) -> BoxAugment | None:
-    from torchvision.transforms import v2
-
-    ops: list[Any] = []
-    if aug.iou_crop:
-        ops.append(v2.RandomApply([v2.RandomIoUCrop()], p=aug.iou_crop))
-    if aug.scale_jitter or aug.translate:
-        scale = tuple(aug.scale_jitter) if aug.scale_jitter else None
-        ops.append(v2.RandomAffine(degrees=0, translate=(aug.translate, aug.translate), scale=scale))
-    if aug.hflip:
-        ops.append(v2.RandomHorizontalFlip(aug.hflip))
-    if aug.vflip:
-        ops.append(v2.RandomVerticalFlip(aug.vflip))
-    if aug.color_jitter:
-        s = aug.color_jitter
-        ops.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4)))
-    if not ops:
-        return None
-    ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=aug.min_box_size)]
-    return BoxAugment(ops)
+def model_parts(model: Any) -> ModelParts:
+    """The backbone as layers (stem, then its stages' blocks); the head is everything after it: the transformer
+    encoder and decoder and the class/box heads. ``model.freeze=backbone`` trains the detector on a fixed backbone,
+    ``model.backbone_lr_multiplier=0.1`` lets a pretrained backbone learn slower than the rest."""
+    return detection_parts(model)
 
 
 def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> DatasetDict:
@@ -277,16 +159,6 @@ def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> Datas
     train = indexed.with_transform(DetectionTransform(processor, recipe.data.augment, recipe.train.get("seed", 42)))
     evaluation = DetectionTransform(processor)
     return DatasetDict(train=train, **{s: raw[s].with_transform(evaluation) for s in ("validation", "test")})
-
-
-def collate(features: list[dict]) -> dict[str, Any]:
-    batch = {
-        "pixel_values": torch.stack([f["pixel_values"] for f in features]),
-        "labels": [f["labels"] for f in features],
-    }
-    if "pixel_mask" in features[0]:
-        batch["pixel_mask"] = torch.stack([f["pixel_mask"] for f in features])
-    return batch
 
 
 class DetectionMetrics:
@@ -301,9 +173,13 @@ class DetectionMetrics:
     def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
         logits, boxes = eval_pred.predictions
         labels = eval_pred.label_ids
-        sizes = torch.stack([label["orig_size"] for label in labels]).cpu()
+        sizes = labels["orig_size"].cpu()
         self.predictions += post_process(self.processor, logits.cpu(), boxes.cpu(), sizes)
-        self.references += [target_boxes(label) for label in labels]
+        for image_boxes, classes, size in zip(labels["boxes"].cpu(), labels["class_labels"].cpu(), sizes):
+            kept = classes >= 0  # padding (-1 here, -100 from the Trainer's padding across processes)
+            self.references.append(
+                target_boxes({"boxes": image_boxes[kept], "class_labels": classes[kept], "orig_size": size})
+            )
         if not compute_result:
             return {}
         metrics = compute_map(self.predictions, self.references, self.names)
@@ -311,40 +187,31 @@ class DetectionMetrics:
         return {k: metrics[k] for k in HEADLINE}
 
 
+def stack_labels(labels: list[dict]) -> dict[str, torch.Tensor]:
+    """A batch's labels (one dict per image, box counts differ) as tensors with the image first, boxes padded with
+    class -1: the form the Trainer pads across processes and cuts back to the split's size when it gathers (a list
+    of dicts would be cut tensor by tensor, and the last uneven batch would lose coordinates, not images)."""
+    count = max((len(label["class_labels"]) for label in labels), default=0)
+    device = labels[0]["orig_size"].device if labels else None
+    boxes = torch.zeros(len(labels), count, 4, device=device)
+    classes = torch.full((len(labels), count), -1, dtype=torch.long, device=device)
+    for i, label in enumerate(labels):
+        n = len(label["class_labels"])
+        boxes[i, :n] = label["boxes"].reshape(-1, 4)
+        classes[i, :n] = label["class_labels"]
+    return {
+        "boxes": boxes,
+        "class_labels": classes,
+        "orig_size": torch.stack([label["orig_size"] for label in labels]),
+    }
+
+
 class DetectionTrainer(Trainer):
-    """A Trainer whose optimizer gives the backbone its own learning rate and whose evaluation keeps only the boxes.
+    """A Trainer that loads checkpoints through ``from_pretrained`` and whose evaluation keeps only the boxes.
 
-    ``prediction_step`` returns ``(logits, pred_boxes)`` and the labels as they are (a list of dicts per batch),
-    instead of every output the model has (hidden states, auxiliary outputs), for ``DetectionMetrics``.
+    ``prediction_step`` returns ``(logits, pred_boxes)`` instead of every output the model has (hidden states,
+    auxiliary outputs) and the labels as padded tensors (``stack_labels``), for ``DetectionMetrics``.
     """
-
-    def __init__(self, *args: Any, backbone_lr_multiplier: float = 1.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.backbone_lr_multiplier = backbone_lr_multiplier
-
-    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        if self.optimizer is not None or self.backbone_lr_multiplier == 1.0:
-            return super().create_optimizer(model)
-        model = self.model if model is None else model
-        backbone = {id(p) for _, p in backbone_parameters(model)}
-        decay = set(self.get_decay_parameter_names(model))
-        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        lr = kwargs.get("lr", self.args.learning_rate)
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                groups.setdefault((id(p) in backbone, name in decay), []).append(p)
-        param_groups = [
-            {
-                "params": params,
-                "lr": lr * (self.backbone_lr_multiplier if in_backbone else 1.0),
-                "weight_decay": self.args.weight_decay if decays else 0.0,
-            }
-            for (in_backbone, decays), params in groups.items()
-        ]
-        self.optimizer = optimizer_cls(param_groups, **{k: v for k, v in kwargs.items() if k != "lr"}, lr=lr)
-        logger.info("backbone learning rate: %g (x%g)", lr * self.backbone_lr_multiplier, self.backbone_lr_multiplier)
-        return self.optimizer
 
     # Workaround for huggingface/transformers#48805 (open in 5.24): save_pretrained writes checkpoints in the Hub's
     # key format (RT-DETR: encoder.encoder.N..., fc1) while the Trainer loads them back into the model with a plain,
@@ -378,12 +245,14 @@ class DetectionTrainer(Trainer):
         loss = outputs.loss.detach() if outputs.get("loss") is not None else None
         if prediction_loss_only:
             return loss, None, None
-        return loss, (outputs.logits.detach(), outputs.pred_boxes.detach()), inputs.get("labels")
+        labels = inputs.get("labels")
+        return loss, (outputs.logits.detach(), outputs.pred_boxes.detach()), labels and stack_labels(labels)
 
 
 def build_trainer(inputs: TrainerInputs) -> Trainer:
     if not inputs.args.batch_eval_metrics:
         raise HftkError("train.batch_eval_metrics: object detection scores validation batch by batch; keep it true")
+    log_trainable_parts(inputs.model)  # after model.freeze and any adapter: what really trains
     names = [inputs.model.config.id2label[i] for i in range(len(inputs.model.config.id2label))]
     return DetectionTrainer(
         model=inputs.model,
@@ -394,7 +263,7 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
         compute_metrics=DetectionMetrics(inputs.processor, names),
         processing_class=inputs.processor,
         callbacks=[*inputs.callbacks, *_epoch_callbacks(inputs.datasets["train"])],
-        backbone_lr_multiplier=inputs.recipe.model.backbone_lr_multiplier,
+        optimizer_cls_and_kwargs=inputs.optimizer,
     )
 
 
@@ -403,17 +272,13 @@ def _epoch_callbacks(train: Any) -> list:
     return [EpochCallback(transform)] if isinstance(transform, DetectionTransform) else []
 
 
-def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
-    """The run's final model (on the inference device) and image processor, loaded as any transformers user would."""
-    config = Path(run_dir) / "config.json"  # rewritten with every save_pretrained
-    return _load_run_model(str(run_dir), config.stat().st_mtime_ns if config.is_file() else 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
+@cached_per_run
+def load_run_model(run_dir: str) -> tuple[Any, Any]:
+    """The run's final model (on the inference device) and image processor, loaded as any transformers user would:
+    the full model, or its base with the run's adapter on top."""
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-    model = AutoModelForObjectDetection.from_pretrained(run_dir, use_safetensors=True)
+    model = load_run_weights(AutoModelForObjectDetection, run_dir)
     return model.to(inference_device()).eval(), AutoImageProcessor.from_pretrained(run_dir)
 
 

@@ -31,6 +31,9 @@ from hftk.errors import HftkError
 from hftk.evaluation import chat as report
 from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
 from hftk.models import seq2seq
+from hftk.models.adapters import cached_per_run, load_run_weights
+from hftk.models.parts import ModelParts
+from hftk.models.parts import model_parts as read_parts
 from hftk.tasks.contract import TrainerInputs
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,11 @@ TINY_OVERRIDES = [
     "train.save_steps=4",
     "train.logging_steps=2",
 ]
+# the distributed equivalence test: T5's attention dropout is a float each layer keeps from its config (not an
+# nn.Dropout that regularization.dropout reaches), so it is switched off in the config itself; with
+# group_by_length the Trainer also samples *evaluation* batches by length, and on 2 processes the padded last
+# batch then reaches the metrics twice
+DETERMINISTIC_OVERRIDES = ["model.model_args.dropout_rate=0.0", "train.train_sampling_strategy=random"]
 HEADLINE = ["chrf", "bleu", "rougeL", "exact_match", "novel_chrf", "retrieval_chrf", "retrieval_novel_chrf"]
 TRAIN_DEFAULTS = {"metric_for_best_model": "chrf", "greater_is_better": True, "predict_with_generate": True}
 TRAINING_ARGUMENTS = Seq2SeqTrainingArguments
@@ -83,7 +91,6 @@ class ChatModelConfig(ModelConfig):
     """The encoder-decoder: t5 (or another model type) from a config, a seq2seq checkpoint, or encoder-decoder."""
 
     name: str = _field("t5", "t5 (random init), a Hub id / folder (google/flan-t5-small), or encoder-decoder")
-    freeze: Literal["none", "encoder"] = _field("none", "'encoder' keeps the (pretrained) encoder as it is")
     encoder: str = _field("minilm", "encoder-decoder: pretrained encoder (minilm, a BERT-style folder or Hub id)")
     decoder: Literal["encoder", "random"] = _field(
         "encoder", "encoder-decoder: decoder initialised from the encoder's weights, or at random"
@@ -171,11 +178,16 @@ def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
             f"set data.max_input_length<={limit}"
         )
     model.generation_config.update(**_generation_config(recipe.model.generation))
-    if recipe.model.freeze == "encoder":
-        seq2seq.freeze_encoder(model)
     tokenizer.chat_template = chat_data.chat_template(recipe.data.turn_separator, recipe.data.history_turns)
     tokenizer.model_max_length = recipe.data.max_input_length  # saved: the pipeline cuts inputs as hftk does
     return model, tokenizer
+
+
+def model_parts(model: Any) -> ModelParts:
+    """Encoder embeddings, encoder blocks, then decoder blocks; the head is the output layer and the embeddings tied
+    to it (T5's shared table, a BERT decoder's). ``model.freeze=N`` therefore freezes the encoder first: 6 keeps
+    MiniLM's whole encoder as it is."""
+    return read_parts(model, ["lm_head", "shared", "decoder.cls", "decoder.bert.embeddings"])
 
 
 def _option_values(gen: GenerationSettings) -> dict[str, Any]:
@@ -263,9 +275,38 @@ def build_compute_metrics(tokenizer: Any):
     return compute_metrics
 
 
+def token_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """Cross-entropy summed over the response tokens and divided by the tokens of the whole optimizer step.
+
+    T5 and EncoderDecoderModel accept ``num_items_in_batch`` (``**kwargs``) but average over their own batch,
+    so the Trainer, told the loss is normalised, neither divides by the accumulation steps nor weighs batches
+    by their tokens; with this loss 2 processes train exactly like 1 with gradient accumulation.
+    """
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    total = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
+    return total / count
+
+
 def decode(tokenizer: Any, ids: Any) -> list[str]:
     """Answers as text: special tokens dropped, surrounding whitespace trimmed (as the pipeline returns them)."""
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class ChatTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` whose evaluation counts every example once on several processes.
+
+    transformers 5.24's ``Seq2SeqTrainer.evaluate`` gathers generated answers with ``accelerator.gather`` ("we
+    don't want to drop samples"), so the repeats that pad the last batch of an uneven split reach the metrics;
+    ``gather_for_metrics`` drops them, as ``Trainer`` does for every other task.
+    """
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        gather = self.accelerator.gather_for_metrics
+        self.gather_function = functools.partial(gather, use_gather_object=self.args.eval_use_gather_object)
+        return super().evaluation_loop(*args, **kwargs)
 
 
 def build_trainer(inputs: TrainerInputs) -> Seq2SeqTrainer:
@@ -276,7 +317,7 @@ def build_trainer(inputs: TrainerInputs) -> Seq2SeqTrainer:
     if inputs.recipe.data.retrieve and inputs.args.process_index == 0:
         train = load_data(inputs.recipe)["train"]
         chat_inputs.Memory(train["message"], train["response"]).save(Path(inputs.args.output_dir))
-    return Seq2SeqTrainer(
+    trainer = ChatTrainer(
         model=inputs.model,
         args=inputs.args,
         train_dataset=inputs.datasets["train"],
@@ -285,28 +326,25 @@ def build_trainer(inputs: TrainerInputs) -> Seq2SeqTrainer:
         compute_metrics=build_compute_metrics(inputs.processor),
         processing_class=inputs.processor,
         callbacks=inputs.callbacks,
+        compute_loss_func=token_loss,
     )
+    # Seq2SeqTrainer.__init__ (transformers 5.24) does not take optimizer_cls_and_kwargs, which Trainer.__init__
+    # only stores; create_optimizer reads the attribute when training starts
+    trainer.optimizer_cls_and_kwargs = inputs.optimizer
+    return trainer
 
 
 # ---- the trained model: evaluation, predict, chat, demo
 
 
-def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
-    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would.
-
-    Cached per run folder and config.json time, so a run trained again in the same process is reloaded.
-    """
-    config = Path(run_dir) / "config.json"  # rewritten with every save_pretrained
-    return _load_run_model(str(run_dir), config.stat().st_mtime_ns if config.is_file() else 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_run_model(run_dir: str, stamp: int) -> tuple[Any, Any]:
+@cached_per_run
+def load_run_model(run_dir: str) -> tuple[Any, Any]:
+    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would: the
+    full model, or its base with the run's adapter on top."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    return model.to(inference_device()).eval(), tokenizer
+    model = load_run_weights(AutoModelForSeq2SeqLM, run_dir)
+    return model.to(inference_device()).eval(), AutoTokenizer.from_pretrained(run_dir)
 
 
 def generate_answers(model: Any, tokenizer: Any, encoded: list[list[int]], batch_size: int, **kwargs: Any) -> list:

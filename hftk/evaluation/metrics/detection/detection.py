@@ -48,8 +48,15 @@ class Detection(evaluate.Metric):
     def _compute(self, predictions, references, class_names=None, pr_curves=False):
         from torchmetrics.detection import MeanAveragePrecision
 
+        # the caller passes every image of the split: no syncing with other processes (with torch.distributed up,
+        # torchmetrics would otherwise wait for processes that are not computing this metric)
         metric = MeanAveragePrecision(
-            box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=pr_curves, backend="pycocotools"
+            box_format="xyxy",
+            iou_type="bbox",
+            class_metrics=True,
+            extended_summary=pr_curves,
+            backend="pycocotools",
+            sync_on_compute=False,
         )
         metric.update([_tensors(p, scores=True) for p in predictions], [_tensors(r) for r in references])
         result = metric.compute()
