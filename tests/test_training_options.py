@@ -91,7 +91,9 @@ def test_push_visibility_follows_the_recipe_unless_the_command_says(
     recipe["hub"]["private"] = recipe_private
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     seen = {}
-    monkeypatch.setattr("hftk.hub.push_run", lambda run_dir, repo_id, private, **_: seen.update(private=private) or "url")
+    monkeypatch.setattr(
+        "hftk.hub.push_run", lambda run_dir, repo_id, private, **_: seen.update(private=private) or "url"
+    )
     code, _, err = cli("push", run, "--repo-id", "someone/digits", *flags)
     assert code == 0, err
     expected = {"--public": False, "--private": True}.get(flags[0] if flags else "", recipe_private)
