@@ -120,7 +120,7 @@ def _measured_steps(trainer: Any, batch: dict) -> tuple[int, float]:
         start = time.perf_counter()
         try:
             with trainer.compute_loss_context_manager():  # the Trainer's autocast and the like
-                loss = trainer.compute_loss(model, batch)  # the task's own loss (augmentation included)
+                loss = trainer.compute_loss(model, dict(batch))  # the task's own loss; a copy: it may pop labels
             trainer.accelerator.backward(loss)
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)

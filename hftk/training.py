@@ -350,7 +350,7 @@ def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
     if recipe.model.peft.method != "none":
         from hftk.models.adapters import wrap_adapter
 
-        model = wrap_adapter(model, recipe.model.peft, parts.head)
+        model = wrap_adapter(model, recipe.model.peft, parts.full_beside_adapter)
     datasets = task.prepare_datasets(recipe, data, processor)
     return task, data, model, processor, datasets
 

@@ -131,3 +131,14 @@ def test_every_launch_config_is_a_valid_accelerate_config(path):
     config = load_config_from_file(str(path))
     assert config.num_processes >= 1 and config.compute_environment.value == "LOCAL_MACHINE"
     assert "# Run:" in path.read_text() and "-m hftk" in path.read_text()
+
+
+def test_naming_another_model_drops_the_recipes_settings_for_its_model(caplog):
+    caplog.set_level("INFO", logger="hftk.config")
+    recipe = load_recipe("object-detection", ["model.name=conditional_detr"])
+    assert recipe.model.model_args == {} and recipe.model.backbone is None and recipe.model.backbone_args == {}
+    assert "model.name=conditional_detr replaces the recipe's rt_detr" in caplog.text
+    same = load_recipe("object-detection", ["model.name=rt_detr", "model.model_args.num_queries=30"])
+    assert same.model.model_args["num_queries"] == 30 and same.model.model_args["d_model"] == 128
+    kept = load_recipe("object-detection", ["model.name=detr", "model.model_args={num_queries: 10}"])
+    assert kept.model.model_args == {"num_queries": 10}

@@ -6,14 +6,17 @@ import shutil
 import pytest
 
 from hftk.cli import main
+from hftk.config import load_recipe
 from hftk.tasks import get_task
 
-TASKS_WITH_ADAPTERS = ["image-classification", "text-generation"]
+TASKS_WITH_ADAPTERS = ["image-classification", "text-generation", "seq2seq-chat", "object-detection"]
 
 
 def _adapter_run(task_id, base, out, *extra):
     task = get_task(task_id)
     tiny = [o for o in task.TINY_OVERRIDES if not o.startswith("data.tokenizer=")]
+    if hasattr(load_recipe(task_id).data, "tokenizer"):
+        tiny.append("data.tokenizer=null")  # a pretrained model keeps its own tokenizer
     args = ["-q", "train", task_id, *tiny, f"model.name={base}", "model.pretrained=true", *extra, "--output-dir", out]
     assert main([str(a) for a in args]) == 0
     return out

@@ -173,7 +173,21 @@ def detection_parts(model: torch.nn.Module) -> ModelParts:
     layers = read_parts(model).layers
     ordered = [[n for n in layer if n in inside] for layer in layers]
     stem, blocks = ordered[0], [layer for layer in ordered[1:] if layer]
-    return ModelParts([stem, *blocks], [n for n, _ in model.named_parameters() if n not in inside])
+    head = [n for n, _ in model.named_parameters() if n not in inside]
+    return ModelParts([stem, *blocks], head, adapter_head=class_layers(model))
+
+
+def class_layers(model: torch.nn.Module) -> list[str]:
+    """Parameters of the layers whose size is the label count (class logits, denoising label embeddings)."""
+    labels = model.config.num_labels
+    names = []
+    for prefix, module in model.named_modules():
+        sized = (isinstance(module, torch.nn.Linear) and module.out_features == labels) or (
+            isinstance(module, torch.nn.Embedding) and module.num_embeddings in (labels, labels + 1)
+        )
+        if sized:
+            names += [f"{prefix}.{n}" for n, _ in module.named_parameters()]
+    return names
 
 
 def settle_backbone(model: torch.nn.Module, pretrained: bool) -> None:

@@ -32,6 +32,13 @@ class ModelParts:
 
     layers: list[list[str]]
     head: list[str] = field(default_factory=list)
+    # trained in full beside a PEFT adapter (None: the head); a detector's head is its whole transformer, but only
+    # its class layers must train in full (their size follows the label count)
+    adapter_head: list[str] | None = None
+
+    @property
+    def full_beside_adapter(self) -> list[str]:
+        return self.head if self.adapter_head is None else self.adapter_head
 
     @property
     def blocks(self) -> int:
