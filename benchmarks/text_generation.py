@@ -55,7 +55,7 @@ def train_recipe(model: str, minutes: float, out: Path) -> dict:
     from hftk.config import load_recipe
     from hftk.training import train
 
-    recipe = load_recipe(RECIPES[model], [f"budget.minutes={minutes}"])
+    recipe = load_recipe(RECIPES[model], [f"budget.minutes={minutes}", "train.max_steps=-1"])  # the clock decides
     run_dir = out / f"{model}-{minutes:g}min"
     if run_dir.exists():
         shutil.rmtree(run_dir)
