@@ -140,6 +140,24 @@ def export_graph(graph: OnnxGraph, path: Path) -> None:
         raise HftkError(f"ONNX export of {graph.name} failed ({first}); this architecture is not exportable") from None
     finally:
         logger.debug("torch.onnx.export: %s", progress.getvalue())
+    _check_dynamic_axes(graph, path)
+
+
+def _check_dynamic_axes(graph: OnnxGraph, path: Path) -> None:
+    """The exporter may trace a dynamic axis as the example's size (a model that reads the batch size into Python);
+    such a graph would refuse every other batch size, so it is an error, not a file."""
+    import onnx
+
+    inputs = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.input}
+    for name, axes in graph.dynamic.items():
+        dims = inputs[name].type.tensor_type.shape.dim if name in inputs else []
+        fixed = [f"{label}={dims[axis].dim_value}" for axis, label in axes.items() if dims[axis].HasField("dim_value")]
+        if fixed:
+            path.unlink(missing_ok=True)
+            raise HftkError(
+                f"ONNX export of {graph.name}: the exporter fixed {', '.join(fixed)} of input {name} (this "
+                "architecture's code specialises on it); a graph for one batch size only is not written"
+            )
 
 
 def _session(path: Path):

@@ -20,13 +20,19 @@ from transformers import Trainer, TrainingArguments
 
 from hftk.config import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, _field
 from hftk.data.detection import class_names, load_detection_data
-from hftk.data.detection_transforms import DetectionAugmentConfig, DetectionTransform, EpochCallback, collate
+from hftk.data.detection_transforms import (
+    DetectionAugmentConfig,
+    DetectionTransform,
+    EpochCallback,
+    collate,
+    open_image,
+)
 from hftk.data.shapes import ShapesSpec
 from hftk.data.video import VIDEO_EXTENSIONS, is_video
 from hftk.errors import HftkError
 from hftk.evaluation import inference_device, read_metrics
 from hftk.evaluation.detection import compute_map, post_process, target_boxes
-from hftk.models.adapters import cached_per_run, load_run_weights
+from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
 from hftk.models.detection import build_detector, detection_parts, log_trainable_parts
 from hftk.models.parts import ModelParts
 from hftk.tasks.contract import TrainerInputs
@@ -280,6 +286,24 @@ def load_run_model(run_dir: str) -> tuple[Any, Any]:
 
     model = load_run_weights(AutoModelForObjectDetection, run_dir)
     return model.to(inference_device()).eval(), AutoImageProcessor.from_pretrained(run_dir)
+
+
+def onnx_graphs(run_dir: Path, batch_size: int) -> list:
+    """The detector as one ONNX graph: ``pixel_values`` (dynamic batch) -> ``logits``, ``pred_boxes`` (before
+    post-processing, which stays with the image processor), checked on test images."""
+    from transformers import AutoModelForObjectDetection
+
+    from hftk.evaluation import load_run_recipe
+    from hftk.export import NamedOutputs, OnnxGraph
+
+    model = load_full_model(AutoModelForObjectDetection, run_dir).eval()
+    processor = load_run_model(run_dir)[1]
+    test = load_data(load_run_recipe(run_dir))["test"]
+    images = [open_image(image) for image in test.select(range(min(batch_size, len(test))))["image"]]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    module = NamedOutputs(model, ["pixel_values"], ["logits", "pred_boxes"])
+    outputs = ["logits", "pred_boxes"]
+    return [OnnxGraph("model", module, {"pixel_values": pixels}, outputs, {"pixel_values": {0: "batch"}})]
 
 
 def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]:
