@@ -33,8 +33,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- image-classification:start -->", "<!-- image-classification:end -->"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import write_section  # noqa: E402
+
 QUICKSTART = ROOT / "recipes" / "image-classification" / "resnet-mnist.yaml"
 
 
@@ -229,16 +230,6 @@ def demo_latency(run_dir: Path, calls: int) -> dict:
     }
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    block = f"{START}\n{section.strip()}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
@@ -316,7 +307,7 @@ def main() -> None:
         ]
     section = "\n".join(lines)
     print(section)
-    write_results(section)
+    write_section("image-classification", section)
     shutil.rmtree(out, ignore_errors=True)
 
 

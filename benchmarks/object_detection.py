@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -38,9 +37,10 @@ if "OMP_WAIT_POLICY" not in os.environ:  # as `hftk` itself does (hftk/cli.py): 
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import write_section  # noqa: E402
+
 RAW = ROOT / "benchmarks" / "object_detection.json"
-START, END = "<!-- object-detection:start -->", "<!-- object-detection:end -->"
 DEFAULT = ROOT / "recipes" / "object-detection" / "rtdetr-shapes.yaml"
 
 _TINY_RESNET = "{embedding_size: 32, hidden_sizes: [32, 64, 128, 256], depths: [1, 1, 1, 1], layer_type: basic"
@@ -273,16 +273,6 @@ def video(run_dir: Path, out: Path, frames: int = 240) -> dict:
             "bare_fps": round(bare, 2)}  # fmt: skip
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def render(recorded: dict) -> str:
     lines = [
         "## object-detection: COCO mAP on the embedded shapes test split after 5 and 15 CPU minutes",
@@ -370,7 +360,7 @@ def main() -> None:
     RAW.write_text(json.dumps(recorded, indent=1) + "\n")
     section = render(recorded)
     print("\n" + section)
-    write_results(section)
+    write_section("object-detection", section)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import gzip
 import json
 import lzma
 import os
-import re
 import shutil
 import sys
 import time
@@ -32,9 +31,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import write_section  # noqa: E402
+
 RAW = ROOT / "benchmarks" / "text_generation.json"  # every measurement so far; RESULTS.md is rendered from it
-START, END = "<!-- text-generation:start -->", "<!-- text-generation:end -->"
 RECIPES = {m: ROOT / "recipes" / "text-generation" / f"{m}-python-docs.yaml" for m in ("gpt", "lstm", "gru")}
 
 
@@ -127,16 +127,6 @@ def plain_tokens_per_second(steps: int, out: Path) -> float:
     return steps * recipe.train["per_device_train_batch_size"] * block / result["train_runtime"]
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gpt", "lstm", "gru"], choices=list(RECIPES))
@@ -175,7 +165,7 @@ def main() -> None:
     RAW.write_text(json.dumps(recorded, indent=1) + "\n")
     section = render(recorded, anchors)
     print("\n" + section)
-    write_results(section)
+    write_section("text-generation", section)
 
 
 def _dynamic(row: dict) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -41,6 +42,22 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
         arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return PILImage.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
     return image.convert("RGB")
+
+
+def open_image_file(item: Any, expected: str = "PNG, JPEG, BMP, GIF, TIFF or WebP") -> PILImage.Image:
+    """An RGB image from a path (a PIL image passes through); a missing or unreadable file is one line naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(item, (str, Path)):
+        return to_rgb(item)
+    try:
+        with Image.open(item) as im:
+            im.load()
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise HftkError(f"{item}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise HftkError(f"{item}: not a readable image (expected {expected})") from None
 
 
 def load_image_data(cfg) -> DatasetDict:

@@ -14,7 +14,7 @@ from datasets import DatasetDict
 from transformers import Trainer, TrainingArguments
 
 from hftk.config import RECIPES_DIR, DataConfig, ModelConfig, Recipe, _field
-from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, to_rgb
+from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, open_image_file, to_rgb
 from hftk.errors import HftkError
 from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
 from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
@@ -309,21 +309,6 @@ def _expand_inputs(inputs: list) -> list:
     return expanded
 
 
-def _open_image(item: Any):
-    from PIL import Image, UnidentifiedImageError
-
-    if not isinstance(item, (str, Path)):
-        return to_rgb(item)
-    try:
-        with Image.open(item) as im:
-            im.load()
-            return to_rgb(im)
-    except FileNotFoundError:
-        raise HftkError(f"{item}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HftkError(f"{item}: not a readable image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)") from None
-
-
 def _pipeline(run_dir: Path):
     from transformers import pipeline
 
@@ -348,7 +333,7 @@ def predict(run_dir: Path, inputs: list, stream: Any = None, *, top_k: int = 5, 
     results = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        images = [_open_image(item) for item in chunk]  # a bad file stops before any output of its batch
+        images = [open_image_file(item) for item in chunk]  # a bad file stops before any output of its batch
         for item, predictions in zip(chunk, classifier(images, top_k=k, batch_size=batch_size)):
             result = {"input": str(item), "predictions": predictions}
             results.append(result)

@@ -402,10 +402,10 @@ def _name(item: Any, index: int) -> str:
 
 
 def _predict_images(detector, items: list, threshold: float, batch_size: int, target, stream) -> list[dict]:
-    from hftk.data.images import to_rgb
+    from hftk.data.images import open_image_file
     from hftk.evaluation.detection import draw_detections
 
-    images = [_open_file(item) if isinstance(item, (str, Path)) else to_rgb(item) for item in items]
+    images = [open_image_file(item, "PNG, JPEG, ..., or a video: MP4, AVI") for item in items]
     found = detector(images, threshold=threshold, batch_size=batch_size)
     results = []
     for index, (item, image, detections) in enumerate(zip(items, images, found)):
@@ -438,21 +438,6 @@ class Detector:
         for start in range(0, len(images), batch_size):
             found += detect_like_pipeline(self.model, self.processor, images[start : start + batch_size], threshold)
         return found
-
-
-def _open_file(item: str | Path):
-    from PIL import Image, UnidentifiedImageError
-
-    from hftk.data.images import to_rgb
-
-    try:
-        with Image.open(item) as im:
-            im.load()
-            return to_rgb(im)
-    except FileNotFoundError:
-        raise HftkError(f"{item}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HftkError(f"{item}: not a readable image or video (expected PNG, JPEG, ..., or MP4, AVI)") from None
 
 
 def _predict_video(detector, path, threshold: float, batch_size: int, target, stream) -> dict:
