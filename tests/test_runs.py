@@ -284,3 +284,16 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_how_often_a_run_evaluates_does_not_change_what_it_trains(tmp_path):
+    from hftk.cli import main
+    from hftk.tasks import get_task
+
+    tiny = get_task("image-classification").TINY_OVERRIDES  # the default recipe: random augmentation on
+    for every in (2, 8):
+        args = [*tiny, f"train.eval_steps={every}", "train.save_steps=8", "--output-dir", tmp_path / str(every)]
+        assert main(["-q", "train", "image-classification", *[str(a) for a in args]]) == 0
+    often, rarely = (load_file(tmp_path / str(e) / "model.safetensors") for e in (2, 8))
+    for key in often:
+        assert torch.equal(often[key], rarely[key]), key
