@@ -44,7 +44,9 @@ def encode_sample(
     if not message.strip():
         raise HftkError(f"{where}: the message is empty; expected text")
     limit, message = cfg.max_input_length, message.strip()
-    own = tokenizer(message)["input_ids"]
+    # verbose=False: lengths are checked (and cuts logged) here; transformers' own "longer than the maximum" warning
+    # would also fire for responses, which have their own limit (data.max_target_length)
+    own = tokenizer(message, verbose=False)["input_ids"]
     if len(own) > limit:
         raise HftkError(
             f"{where}: the message is {len(own)} tokens, more than data.max_input_length={limit}; "
@@ -53,7 +55,7 @@ def encode_sample(
     kept = list(history[-cfg.history_turns :]) if cfg.history_turns else []
     offered = len(kept)
     while True:
-        ids = tokenizer(format_input(kept, message, cfg.turn_separator, retrieved))["input_ids"]
+        ids = tokenizer(format_input(kept, message, cfg.turn_separator, retrieved), verbose=False)["input_ids"]
         if len(ids) <= limit or not kept:
             break
         kept = kept[1:]
@@ -65,7 +67,7 @@ def encode_sample(
 def encode_split(tokenizer: Any, ds: Dataset, cfg: Any, split: str, retrieved: list | None = None) -> list[dict]:
     """Features of every sample (``input_ids``, ``attention_mask``, ``labels``, ``length``); the cuts are logged."""
     rows, cut_samples, cut_turns, cut_targets = [], 0, 0, 0
-    targets = tokenizer(text_target=list(ds["response"]))["input_ids"]
+    targets = tokenizer(text_target=list(ds["response"]), verbose=False)["input_ids"]
     for i, (sample, labels) in enumerate(zip(ds, targets)):
         extra = retrieved[i] if retrieved is not None else None
         ids, cut = encode_sample(tokenizer, sample["history"], sample["message"], cfg, sample["source"], extra)
