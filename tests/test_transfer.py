@@ -94,6 +94,8 @@ def test_freeze_n_blocks_freezes_the_embeddings_and_the_first_n():
         apply_freeze(_gpt(), parts, 5)
     with pytest.raises(HftkError, match="expected none, backbone, or a number"):
         apply_freeze(_gpt(), parts, "half")
+    with pytest.raises(HftkError, match="model.freeze 'backbon': did you mean 'backbone'"):
+        apply_freeze(_gpt(), parts, "backbon")
 
 
 def test_gradual_unfreezing_unfreezes_from_the_top_each_epoch():

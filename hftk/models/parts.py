@@ -12,6 +12,7 @@ The recipe keys (``model.freeze``, ``model.gradual_unfreeze``, ``model.backbone_
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections.abc import Iterable
@@ -129,8 +130,11 @@ def frozen_layers(freeze: Any, parts: ModelParts) -> tuple[int, bool]:
     try:
         blocks = int(freeze)
     except (TypeError, ValueError):
+        close = difflib.get_close_matches(str(freeze), ["none", "backbone"], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise HftkError(
-            f"model.freeze '{freeze}': expected none, backbone, or a number of leading blocks (0-{parts.blocks})"
+            f"model.freeze '{freeze}': {hint}expected none, backbone, or a number of leading blocks "
+            f"(0-{parts.blocks})"
         ) from None
     if not 0 <= blocks <= parts.blocks:
         raise HftkError(
