@@ -133,8 +133,7 @@ def frozen_layers(freeze: Any, parts: ModelParts) -> tuple[int, bool]:
         close = difflib.get_close_matches(str(freeze), ["none", "backbone"], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise HftkError(
-            f"model.freeze '{freeze}': {hint}expected none, backbone, or a number of leading blocks "
-            f"(0-{parts.blocks})"
+            f"model.freeze '{freeze}': {hint}expected none, backbone, or a number of leading blocks (0-{parts.blocks})"
         ) from None
     if not 0 <= blocks <= parts.blocks:
         raise HftkError(
