@@ -360,4 +360,6 @@ def test_samples_longer_than_the_context_stop_at_it(cli, tmp_path, corpus):
     assert samples and all(s["output"] is not None for s in samples)
     result = task.predict(tmp_path / "run", ["The"], max_new_tokens=100, temperature=0)[0]
     tokenizer = task.load_run_model(tmp_path / "run")[1]
-    assert 0 < len(tokenizer(result["continuation"], add_special_tokens=False)["input_ids"]) <= 16
+    # a byte-level token that ends inside a UTF-8 character decodes to U+FFFD, which would re-encode as 3 tokens
+    text = result["continuation"].replace("\ufffd", "?")
+    assert 0 < len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 16
