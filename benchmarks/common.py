@@ -18,6 +18,30 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 sys.path.insert(0, str(ROOT))
 
 
+# TrainingArguments of the plain-script baselines that keep a timed run quiet: no evaluation, checkpoints, logging
+# or progress bars in the measured time
+QUIET_TRAINING = {
+    "report_to": [],
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_steps": 10**6,
+    "disable_tqdm": True,
+}
+# the recipe's train keys a plain baseline copies, so it optimises exactly as the hftk run beside it
+RECIPE_OPTIMIZATION_KEYS = (
+    "per_device_train_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "seed",
+    "max_steps",
+    "optim",
+    "adam_beta2",
+)
+
+
 def machine() -> str:
     """``2026-11-26 10:00, 2 CPU cores, torch 2.14.1`` (and the GPU when there is one)."""
     import torch

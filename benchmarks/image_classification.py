@@ -34,7 +34,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import write_section  # noqa: E402
+from common import QUIET_TRAINING, write_section  # noqa: E402
 
 QUICKSTART = ROOT / "recipes" / "image-classification" / "resnet-mnist.yaml"
 
@@ -123,12 +123,8 @@ def _plain_trainer(steps: int, batch: int, out: Path):
         per_device_train_batch_size=batch,
         learning_rate=3e-3,
         optim="adamw_torch",
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=10**6,
+        **QUIET_TRAINING,
         remove_unused_columns=False,
-        disable_tqdm=True,
         dataloader_pin_memory=False,
     )
     return Trainer(

@@ -38,7 +38,7 @@ if "OMP_WAIT_POLICY" not in os.environ:  # as `hftk` itself does (hftk/cli.py): 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import write_section  # noqa: E402
+from common import QUIET_TRAINING, RECIPE_OPTIMIZATION_KEYS, machine, write_section  # noqa: E402
 
 RAW = ROOT / "benchmarks" / "object_detection.json"
 DEFAULT = ROOT / "recipes" / "object-detection" / "rtdetr-shapes.yaml"
@@ -158,17 +158,11 @@ def plain_trainer(arch: str, steps: int, config_dir: Path, out: Path, evaluate: 
         }
 
     model = AutoModelForObjectDetection.from_config(AutoConfig.from_pretrained(config_dir))
-    keep = ("per_device_train_batch_size", "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type")
-    keep += ("warmup_steps", "seed", "max_steps", "optim", "adam_beta2")
     args = TrainingArguments(
         output_dir=str(out / f"plain-{arch}-{steps}"),
-        **{k: v for k, v in recipe.train.items() if k in keep},
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=10**6,
+        **{k: v for k, v in recipe.train.items() if k in RECIPE_OPTIMIZATION_KEYS},
+        **QUIET_TRAINING,
         remove_unused_columns=False,
-        disable_tqdm=True,
         dataloader_pin_memory=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_ds.with_transform(transform), data_collator=collate)
@@ -331,9 +325,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/object_detection.py", *sys.argv[1:]])
-    import torch
 
-    stamp = f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    stamp = machine()
     recorded = json.loads(RAW.read_text()) if RAW.is_file() else {"quality": {}}
     if "quality" in args.parts:
         for arch in args.archs:

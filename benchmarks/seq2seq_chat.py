@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, machine, markdown_table, train_run, write_section
+from common import QUIET_TRAINING, RECIPE_OPTIMIZATION_KEYS, ROOT, machine, markdown_table, train_run, write_section
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "OMP_WAIT_POLICY" not in os.environ:  # as `hftk` itself does (hftk/cli.py): busy OpenMP waits cost 10x here
@@ -149,16 +149,11 @@ def plain_trainer(variant: str, steps: int, run_dir: Path, out: Path) -> dict:
     labels = tokenizer(text_target=list(train["response"]), max_length=cfg.max_target_length, truncation=True)
     train_ds = Dataset.from_dict({**encoded, "labels": labels["input_ids"]})
     model = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(run_dir))
-    keep = ("per_device_train_batch_size", "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type")
-    keep += ("warmup_steps", "seed", "max_steps", "optim", "adam_beta2", "train_sampling_strategy")
+    keep = (*RECIPE_OPTIMIZATION_KEYS, "train_sampling_strategy")
     args = Seq2SeqTrainingArguments(
         output_dir=str(out / f"plain-{variant}"),
         **{k: v for k, v in recipe.train.items() if k in keep},
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=10**6,
-        disable_tqdm=True,
+        **QUIET_TRAINING,
     )
     trainer = Seq2SeqTrainer(
         model=model,

@@ -23,7 +23,6 @@ import lzma
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import write_section  # noqa: E402
+from common import machine, write_section  # noqa: E402
 
 RAW = ROOT / "benchmarks" / "text_generation.json"  # every measurement so far; RESULTS.md is rendered from it
 RECIPES = {m: ROOT / "recipes" / "text-generation" / f"{m}-python-docs.yaml" for m in ("gpt", "lstm", "gru")}
@@ -142,7 +141,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     anchors = compressor_anchors()
     command = " ".join(["python benchmarks/text_generation.py", *sys.argv[1:]])
-    stamp = f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, torch {__import__('torch').__version__}"
+    stamp = machine()
     recorded = json.loads(RAW.read_text()) if RAW.is_file() else {"runs": {}, "throughput": None}
     for minutes in args.minutes:
         for model in args.models:
