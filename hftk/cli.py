@@ -331,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_openmp()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if isinstance(getattr(args, "overrides", None), list):  # KEY=VALUE after an option: argparse stops at the option
+        moved = [item for item in extra if "=" in item and not item.startswith("-")]
+        args.overrides += moved
+        extra = [item for item in extra if item not in moved]
     if extra and not getattr(args, "options_allowed", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = extra

@@ -113,6 +113,7 @@ def test_existing_run_is_never_overwritten_silently(digits_run, cli):
         (("evaluate", "/nonexistent/run"), "no such folder"),
         (("predict", "/nonexistent/run", "x.png"), "no such folder"),
         (("train", DIGITS, "data.name=nope"), "not an embedded data set"),
+        (("train", DIGITS, "--overwrite", "data.name=nope"), "not an embedded data set"),  # override after an option
         (("train", DIGITS, "model.name=resnet1800"), "did you mean"),
         (("train", DIGITS, "data.path=/no/such/folder", "data.name=null"), "no such file or folder"),
         (("train", DIGITS, "--resume"), "nothing to resume"),

@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from hftk.config import _field
-from hftk.errors import HftkError
+from hftk.data.images import open_image_file
 
 
 @dataclass
@@ -57,7 +57,7 @@ class DetectionTransform:
         images, annotations = [], []
         indices = batch.get("index") or [0] * len(batch["image"])
         for image, image_id, objects, index in zip(batch["image"], batch["image_id"], batch["objects"], indices):
-            pixels = pil_to_tensor(open_image(image))
+            pixels = pil_to_tensor(open_image_file(image))
             boxes, labels = objects["bbox"], objects["category"]
             if self.augment is not None:
                 with torch.random.fork_rng(devices=[]):
@@ -88,25 +88,6 @@ def coco_target(image_id: int, boxes: list, labels: list) -> dict:
         for b, c in zip(boxes, labels)
     ]
     return {"image_id": int(image_id), "annotations": objects}
-
-
-def open_image(image: Any):
-    """A PIL RGB image from a datasets image dict (path or bytes) or a PIL image; unreadable ones name the file."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    from hftk.data.images import to_rgb
-
-    if not isinstance(image, dict):
-        return to_rgb(image)
-    source = image.get("path") or "<embedded bytes>"
-    try:
-        with Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as im:
-            im.load()
-            return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HftkError(f"{source}: not a readable image (it could be opened but not decoded)") from None
 
 
 class BoxAugment:

@@ -45,19 +45,27 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
 
 
 def open_image_file(item: Any, expected: str = "PNG, JPEG, BMP, GIF, TIFF or WebP") -> PILImage.Image:
-    """An RGB image from a path (a PIL image passes through); a missing or unreadable file is one line naming it."""
+    """An RGB image from a path or a datasets image dict (path or bytes); a PIL image passes through.
+
+    A missing or unreadable file is one line naming it (embedded bytes are named as such).
+    """
     from PIL import Image, UnidentifiedImageError
 
-    if not isinstance(item, (str, Path)):
+    if isinstance(item, dict):
+        source = item.get("path") or "<embedded bytes>"
+        item = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+    elif isinstance(item, (str, Path)):
+        source = item
+    else:
         return to_rgb(item)
     try:
         with Image.open(item) as im:
             im.load()
             return to_rgb(im)
     except FileNotFoundError:
-        raise HftkError(f"{item}: no such file") from None
+        raise HftkError(f"{source}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HftkError(f"{item}: not a readable image (expected {expected})") from None
+        raise HftkError(f"{source}: not a readable image (expected {expected})") from None
 
 
 def load_image_data(cfg) -> DatasetDict:

@@ -25,8 +25,8 @@ from hftk.data.detection_transforms import (
     DetectionTransform,
     EpochCallback,
     collate,
-    open_image,
 )
+from hftk.data.images import open_image_file
 from hftk.data.shapes import ShapesSpec
 from hftk.data.video import VIDEO_EXTENSIONS, is_video
 from hftk.errors import HftkError
@@ -299,7 +299,7 @@ def onnx_graphs(run_dir: Path, batch_size: int) -> list:
     model = load_full_model(AutoModelForObjectDetection, run_dir).eval()
     processor = load_run_model(run_dir)[1]
     test = load_data(load_run_recipe(run_dir))["test"]
-    images = [open_image(image) for image in test.select(range(min(batch_size, len(test))))["image"]]
+    images = [open_image_file(image) for image in test.select(range(min(batch_size, len(test))))["image"]]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     module = NamedOutputs(model, ["pixel_values"], ["logits", "pred_boxes"])
     outputs = ["logits", "pred_boxes"]
@@ -402,7 +402,6 @@ def _name(item: Any, index: int) -> str:
 
 
 def _predict_images(detector, items: list, threshold: float, batch_size: int, target, stream) -> list[dict]:
-    from hftk.data.images import open_image_file
     from hftk.evaluation.detection import draw_detections
 
     images = [open_image_file(item, "PNG, JPEG, ..., or a video: MP4, AVI") for item in items]
