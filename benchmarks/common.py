@@ -27,6 +27,11 @@ QUIET_TRAINING = {
     "logging_steps": 10**6,
     "disable_tqdm": True,
 }
+# the same quiet training as recipe overrides, for the hftk run beside a baseline (no evaluation: no best model)
+QUIET_OVERRIDES = [
+    *(f"train.{key}={json.dumps(value)}" for key, value in QUIET_TRAINING.items()),
+    "train.load_best_model_at_end=false",
+]
 # the recipe's train keys a plain baseline copies, so it optimises exactly as the hftk run beside it
 RECIPE_OPTIMIZATION_KEYS = (
     "per_device_train_batch_size",

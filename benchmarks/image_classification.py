@@ -34,7 +34,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import QUIET_TRAINING, write_section  # noqa: E402
+from common import QUIET_OVERRIDES, QUIET_TRAINING, write_section  # noqa: E402
 
 QUICKSTART = ROOT / "recipes" / "image-classification" / "resnet-mnist.yaml"
 
@@ -145,11 +145,7 @@ def _hftk_trainer(steps: int, batch: int, out: Path):
             f"train.max_steps={steps}",
             f"train.per_device_train_batch_size={batch}",
             "budget.minutes=null",
-            "train.eval_strategy=no",
-            "train.save_strategy=no",
-            "train.report_to=[]",
-            "train.disable_tqdm=true",
-            "train.logging_steps=1000000",
+            *QUIET_OVERRIDES,
         ],
     )
     task = get_task(recipe.task)

@@ -38,7 +38,7 @@ if "OMP_WAIT_POLICY" not in os.environ:  # as `hftk` itself does (hftk/cli.py): 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import QUIET_TRAINING, RECIPE_OPTIMIZATION_KEYS, machine, write_section  # noqa: E402
+from common import QUIET_OVERRIDES, QUIET_TRAINING, RECIPE_OPTIMIZATION_KEYS, machine, write_section  # noqa: E402
 
 RAW = ROOT / "benchmarks" / "object_detection.json"
 DEFAULT = ROOT / "recipes" / "object-detection" / "rtdetr-shapes.yaml"
@@ -79,15 +79,7 @@ def _recipe(arch: str, extra: list[str]):
 
 
 def _quiet(steps: int) -> list[str]:
-    return [
-        f"train.max_steps={steps}",
-        "train.eval_strategy=no",
-        "train.save_strategy=no",
-        "train.load_best_model_at_end=false",
-        "train.report_to=[]",
-        "train.logging_steps=1000000",
-        "train.disable_tqdm=true",
-    ]
+    return [f"train.max_steps={steps}", *QUIET_OVERRIDES]
 
 
 def hftk_train(arch: str, steps: int, out: Path, extra: list[str] = ()) -> tuple[Path, dict]:

@@ -39,7 +39,16 @@ import sys
 import time
 from pathlib import Path
 
-from common import QUIET_TRAINING, RECIPE_OPTIMIZATION_KEYS, ROOT, machine, markdown_table, train_run, write_section
+from common import (
+    QUIET_OVERRIDES,
+    QUIET_TRAINING,
+    RECIPE_OPTIMIZATION_KEYS,
+    ROOT,
+    machine,
+    markdown_table,
+    train_run,
+    write_section,
+)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "OMP_WAIT_POLICY" not in os.environ:  # as `hftk` itself does (hftk/cli.py): busy OpenMP waits cost 10x here
@@ -56,16 +65,7 @@ VARIANTS: dict[str, tuple[Path, list[str]]] = {
 }
 METRICS = ("chrf", "bleu", "rougeL")
 # runs that only time training: no evaluation or checkpoints on the way, a tiny test report at the end
-_QUIET = [
-    "train.eval_strategy=no",
-    "train.save_strategy=no",
-    "train.load_best_model_at_end=false",
-    "train.report_to=[]",
-    "train.logging_steps=1000000",
-    "train.disable_tqdm=true",
-    "data.max_eval_samples=8",
-    "model.generation.max_new_tokens=8",
-]
+_QUIET = [*QUIET_OVERRIDES, "data.max_eval_samples=8", "model.generation.max_new_tokens=8"]
 
 
 EXTRA: list[str] = []  # --set: overrides added to every run (a smoke test's short evaluation)

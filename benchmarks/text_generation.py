@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, write_section  # noqa: E402
+from common import QUIET_OVERRIDES, machine, write_section  # noqa: E402
 
 RAW = ROOT / "benchmarks" / "text_generation.json"  # every measurement so far; RESULTS.md is rendered from it
 RECIPES = {m: ROOT / "recipes" / "text-generation" / f"{m}-python-docs.yaml" for m in ("gpt", "lstm", "gru")}
@@ -74,11 +74,7 @@ def _throughput_setup(steps: int):
         [
             "budget.minutes=null",
             f"train.max_steps={steps}",
-            "train.eval_strategy=no",
-            "train.save_strategy=no",
-            "train.load_best_model_at_end=false",
-            "train.report_to=[]",
-            "train.logging_steps=1000",
+            *QUIET_OVERRIDES,
         ],
     )
     return recipe
