@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import enum
 import functools
 import logging
@@ -26,7 +25,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from hftk.errors import HftkError
+from hftk.errors import HftkError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +285,7 @@ def resolve_recipe_path(recipe: str) -> Path:
     shipped = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else f"{recipe}.yaml")
     if "/" in recipe and shipped.is_file():  # <task>/<name>: a recipe shipped inside the package
         return shipped
-    hint = difflib.get_close_matches(recipe, list(tasks.TASKS), n=1)
-    suggestion = f"; did you mean task '{hint[0]}'?" if hint else f"; task ids: {', '.join(tasks.TASKS)}"
+    suggestion = "; " + (did_you_mean(recipe, list(tasks.TASKS)) or f"task ids: {', '.join(tasks.TASKS)}")
     raise HftkError(f"recipe '{recipe}': no such file or task id{suggestion} (`hftk recipes` lists recipes)")
 
 
@@ -313,8 +311,7 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
             raise HftkError(_unknown_key(where, key, sorted(known)))
     task_id = raw.get("task")
     if not isinstance(task_id, str) or task_id not in tasks.TASKS:
-        hint = difflib.get_close_matches(str(task_id), list(tasks.TASKS), n=1)
-        guess = f"; did you mean '{hint[0]}'?" if hint else ""
+        guess = f"; {hint}" if (hint := did_you_mean(task_id, list(tasks.TASKS))) else ""
         raise HftkError(f"{where}: task: unknown task '{task_id}'{guess} (expected one of: {', '.join(tasks.TASKS)})")
     task = tasks.get_task(task_id)
     sections = {}
@@ -395,8 +392,8 @@ def validate_train(values: dict[str, Any], where: str, arguments_class: type) ->
 
 
 def _unknown_key(where: str, key: str, valid: list[str], what: str = "key") -> str:
-    hint = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    guess = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(sorted(valid)[:12])}"
+    hint = did_you_mean(key, valid)
+    guess = hint or f"expected one of: {', '.join(sorted(valid)[:12])}"
     if not hint and len(valid) > 12:
         guess += ", ..."
     return f"{where}: unknown {what} '{key}'; {guess}"
@@ -440,9 +437,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     elif origin is Literal:
         if value in args:
             return value
-        hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-        if hint:
-            raise HftkError(f"{where}: got {value!r}; expected {_type_name(tp)}; did you mean '{hint[0]}'?")
+        if hint := did_you_mean(value, list(args)):
+            raise HftkError(f"{where}: got {value!r}; expected {_type_name(tp)}; {hint}")
     elif tp is bool:
         if isinstance(value, bool):
             return value

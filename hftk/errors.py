@@ -7,3 +7,11 @@ class HftkError(Exception):
     The CLI prints the message as one line and exits with status 2, without a traceback, so the
     message must say what is wrong, where, and what is expected.
     """
+
+
+def did_you_mean(value: object, choices: list[str], cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'?"`` for the choice closest to ``value`` (difflib), or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f"did you mean '{close[0]}'?" if close else ""

@@ -72,7 +72,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 
 
 def test_unknown_recipe_path_or_task(tmp_path):
-    with pytest.raises(HftkError, match="no such file or task id; did you mean task 'image-classification'"):
+    with pytest.raises(HftkError, match="no such file or task id; did you mean 'image-classification'"):
         load_recipe("image-clasification")
 
 

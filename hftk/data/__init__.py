@@ -6,7 +6,6 @@ image-specific loading and conversion in ``images.py``.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from hftk.config import DataConfig
-from hftk.errors import HftkError
+from hftk.errors import HftkError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +24,7 @@ def load_hub_dataset(cfg: DataConfig, embedded_names: list[str]) -> DatasetDict:
 
     name = cfg.name
     if "/" not in name:
-        hint = difflib.get_close_matches(name, embedded_names, n=1)
-        guess = f"did you mean '{hint[0]}'? " if hint else ""
+        guess = f"{hint} " if (hint := did_you_mean(name, embedded_names)) else ""
         raise HftkError(
             f"data.name '{name}': not an embedded data set ({', '.join(embedded_names)}); {guess}"
             "give a Hub dataset id (owner/name) or data.path for local data"

@@ -15,13 +15,12 @@ only a pickle is refused), and logs every weight that was not loaded (a new head
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from hftk.errors import HftkError
+from hftk.errors import HftkError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +70,7 @@ def load_model(
         return _from_checkpoint(cfg, name, auto_class, fields, prepare_config)
     if "/" in name:
         raise HftkError(f"model.name '{name}': no such folder")
-    hint = difflib.get_close_matches(name, [*candidates, *CONFIG_MAPPING.keys()], n=1, cutoff=0.7)
-    guess = f"did you mean '{hint[0]}'? " if hint else ""
+    guess = f"{hint} " if (hint := did_you_mean(name, [*candidates, *CONFIG_MAPPING.keys()], cutoff=0.7)) else ""
     raise HftkError(
         f"model.name '{name}': not a model type, a name this task builds, a local folder or a Hub id; {guess}"
         "(`hftk recipes --keys` describes model.name)"
@@ -96,8 +94,7 @@ def check_model_args(config: Any, args: dict, name: str) -> None:
     known = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
     for key in args:
         if key not in known:
-            hint = difflib.get_close_matches(key, sorted(known), n=1)
-            guess = f"did you mean '{hint[0]}'?" if hint else "see the model's config class for its fields"
+            guess = did_you_mean(key, sorted(known)) or "see the model's config class for its fields"
             raise HftkError(f"model.model_args.{key}: not a field of the {name} config; {guess}")
 
 

@@ -12,7 +12,6 @@ The recipe keys (``model.freeze``, ``model.gradual_unfreeze``, ``model.backbone_
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections.abc import Iterable
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from hftk.errors import HftkError
+from hftk.errors import HftkError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +129,7 @@ def frozen_layers(freeze: Any, parts: ModelParts) -> tuple[int, bool]:
     try:
         blocks = int(freeze)
     except (TypeError, ValueError):
-        close = difflib.get_close_matches(str(freeze), ["none", "backbone"], n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = f"{close} " if (close := did_you_mean(freeze, ["none", "backbone"])) else ""
         raise HftkError(
             f"model.freeze '{freeze}': {hint}expected none, backbone, or a number of leading blocks (0-{parts.blocks})"
         ) from None
