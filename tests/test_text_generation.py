@@ -29,10 +29,9 @@ TINY = [
     "data.vocab_size=320",
     "data.block_size=32",
     "eval.sample_tokens=8",
-    "eval.dynamic_lr=0.1",
 ]
-GPT = ["model.model_args={n_layer: 1, n_embd: 32, n_head: 2}"]
-LSTM = ["model.model_args={hidden_size: 48, num_layers: 1}"]
+GPT = ["model.model_args={n_layer: 1, n_embd: 32, n_head: 2}", "eval.dynamic_lr=3e-3"]  # the recipe's rms steps
+LSTM = ["model.model_args={hidden_size: 48, num_layers: 1}", "eval.dynamic_lr=0.1"]  # the recipe's sgd steps
 LSTM_RECIPE = "recipes/text-generation/lstm-python-docs.yaml"
 
 
@@ -142,8 +141,10 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte():
     assert int(lm.token_byte_lengths(tokenizer)[stream[1:]].sum()) == num_bytes
 
 
-@pytest.mark.parametrize(("run", "lr"), [("gpt_run", 0.1), ("lstm_run", 0.3)])
-def test_dynamic_evaluation_scores_before_it_adapts_and_leaves_the_model_alone(run, lr, request):
+@pytest.mark.parametrize(
+    ("run", "lr", "optimizer"), [("gpt_run", 0.1, "sgd"), ("gpt_run", 3e-3, "rms"), ("lstm_run", 0.3, "sgd")]
+)
+def test_dynamic_evaluation_scores_before_it_adapts_and_leaves_the_model_alone(run, lr, optimizer, request):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(run)).eval()
@@ -159,7 +160,7 @@ def test_dynamic_evaluation_scores_before_it_adapts_and_leaves_the_model_alone(r
     # a pattern that repeats: adapting while reading codes it in fewer nats than the fixed model
     repeated = np.tile(short[:12], 10)
     fixed, _ = lm_eval.score_stream(model, repeated, context=context, segment=4, lr=0.0)
-    adapted, _ = lm_eval.score_stream(model, repeated, context=context, segment=4, lr=lr)
+    adapted, _ = lm_eval.score_stream(model, repeated, context=context, segment=4, lr=lr, optimizer=optimizer)
     assert adapted < 0.9 * fixed
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -59,7 +59,7 @@ def score_windows(model: Any, windows: list[dict], batch_size: int, collate: Any
 
 
 def score_stream(
-    model: Any, stream: np.ndarray, context: int | None, segment: int, lr: float = 0.0
+    model: Any, stream: np.ndarray, context: int | None, segment: int, lr: float = 0.0, optimizer: str = "sgd"
 ) -> tuple[float, int]:
     """Total nats and predicted tokens of ``stream`` read once, left to right, ``segment`` tokens at a time.
 
@@ -67,9 +67,13 @@ def score_stream(
     carries its state through the whole stream; a GPT-style model sees up to ``context - segment`` earlier tokens.
 
     ``lr > 0`` is dynamic evaluation (Krause et al., 2018): each segment is scored first, then the model takes
-    one SGD step on that segment's loss before scoring the next. Every token is still predicted before the model
+    one step on that segment's loss before scoring the next. Every token is still predicted before the model
     learns from it, so the figure is an honest code length, on the footing of an adaptive compressor (xz, gzip)
     that learns from the text it has already coded. ``model`` itself is not changed (a copy adapts).
+
+    ``optimizer`` "sgd" takes plain gradient steps; "rms" divides each step by a running RMS of that
+    parameter's gradients (Adam without momentum, betas (0, 0.999)), the per-parameter scaling Krause et al.
+    (2019) found to suit transformers.
     """
     import copy
 
@@ -79,7 +83,12 @@ def score_stream(
     segment = max(1, segment if recurrent else min(segment, context - 1))
     if lr > 0:
         model = copy.deepcopy(model)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = (
+            torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
+            if optimizer == "rms"
+            else torch.optim.SGD(params, lr=lr)
+        )
     model.eval()  # no dropout: the updates adapt, they do not regularise
     ids = torch.as_tensor(stream, dtype=torch.long, device=next(model.parameters()).device)
     total, state = 0.0, None
@@ -115,8 +124,9 @@ def write_report(
         "tokenizers and with compressors).",
         *(
             [
-                f"dynamic_bits_per_byte: the split read once while the model adapts to it (dynamic evaluation: an "
-                f"SGD step at rate {recipe.eval.dynamic_lr:g} after each {recipe.eval.dynamic_segment}-token "
+                f"dynamic_bits_per_byte: the split read once while the model adapts to it (dynamic evaluation: "
+                f"one {recipe.eval.dynamic_optimizer} step at rate {recipe.eval.dynamic_lr:g} after each "
+                f"{recipe.eval.dynamic_segment}-token "
                 "segment is scored; every token is predicted before the model learns from it)."
             ]
             if "dynamic_bits_per_byte" in metrics

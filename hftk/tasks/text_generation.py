@@ -99,9 +99,13 @@ class TextEvalConfig(EvalConfig):
     )
     sample_tokens: int = _field(48, "tokens generated per prompt sample")
     dynamic_lr: float | None = _field(
-        None, "also score the split with dynamic evaluation: SGD learning rate for adapting as it reads (None: off)"
+        None, "also score the split with dynamic evaluation: learning rate for adapting as it reads (None: off)"
     )
     dynamic_segment: int = _field(16, "dynamic evaluation: tokens scored between two updates")
+    dynamic_optimizer: Literal["sgd", "rms"] = _field(
+        "sgd",
+        "dynamic evaluation: sgd (plain steps) or rms (steps scaled by each weight's gradient RMS; transformers)",
+    )
 
 
 CONFIG_CLASSES = {"model": TextModelConfig, "data": TextDataConfig, "eval": TextEvalConfig}
@@ -275,7 +279,9 @@ def dynamic_metrics(
     model: Any, stream: np.ndarray, context: int | None, num_bytes: int, cfg: TextEvalConfig
 ) -> dict[str, float]:
     """``dynamic_bits_per_byte`` and ``dynamic_loss``: the split scored while the model adapts to it."""
-    nats, tokens = report.score_stream(model, stream, context, cfg.dynamic_segment, cfg.dynamic_lr)
+    nats, tokens = report.score_stream(
+        model, stream, context, cfg.dynamic_segment, cfg.dynamic_lr, cfg.dynamic_optimizer
+    )
     if not math.isfinite(nats):
         logger.warning("dynamic evaluation diverged at eval.dynamic_lr=%g: try a smaller rate", cfg.dynamic_lr)
         return {}
