@@ -299,11 +299,24 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
     Returns:
         The validated recipe, with hftk's `train` defaults filled in.
     """
-    from hftk import tasks
 
     path = resolve_recipe_path(str(recipe))
     extra = parse_overrides(overrides or [])
-    raw = _merge(_for_another_model(read_yaml(path), extra), extra)
+    from_file = read_yaml(path)
+    try:
+        return _validated(_merge(_for_another_model(from_file, extra), extra), path)
+    except HftkError as err:
+        if not extra:
+            raise
+        _validated(from_file, path)  # the file alone is at fault: its own error
+        # the file is fine, so an override is wrong: say so, not the file's name (where a user would look)
+        raise HftkError(str(err).replace(str(path), "command-line override", 1)) from None
+
+
+def _validated(raw: dict[str, Any], path: Path) -> Recipe:
+    """``raw`` (a recipe file's mapping, overrides merged in) checked key by key into a Recipe."""
+    from hftk import tasks
+
     where = str(path)
     known = {"task", "name", "train", *SECTIONS}
     for key in raw:

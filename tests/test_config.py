@@ -62,6 +62,15 @@ def test_bad_overrides_name_the_key_and_what_is_expected(override, message):
         load_recipe("image-classification", [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+    if "=" in override:  # the shipped file is fine: the error points at the override, not at the file
+        assert str(err.value).startswith("command-line override") and ".yaml" not in str(err.value)
+
+
+def test_a_bad_recipe_file_is_named_even_with_overrides(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: image-classification\ndata:\n  nmae: digits\n")
+    with pytest.raises(HftkError, match=r"bad.yaml: data: unknown key 'nmae'; did you mean 'name'"):
+        load_recipe(bad, ["train.max_steps=3"])
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
