@@ -427,8 +427,11 @@ def test_minilm_warm_start_with_a_trained_vocabulary_saves_and_reloads(tmp_path)
     layer = "encoder.layer.0.attention.self.query.weight"
     torch.testing.assert_close(model.encoder.state_dict()[layer], minilm.state_dict()[layer])  # pretrained
     assert model.decoder.config.num_hidden_layers == 1 and model.decoder.config.add_cross_attention
+    assert not model.encoder.pooler.dense.weight.requires_grad  # unused by seq2seq: frozen, kept for a complete save
     model.save_pretrained(tmp_path)
-    again = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    again, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    again.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # a user's reload reports nothing missing
     ids = tokenizer(["Hello there"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(again.generate(**ids, max_length=5), model.eval().generate(**ids, max_length=5))

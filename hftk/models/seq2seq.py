@@ -146,13 +146,15 @@ def build_encoder_decoder(cfg: Any, tokenizer: Any, source_tokenizer: Any | None
     encoder_name = resolve_encoder(cfg.encoder)
     hub = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
-        encoder, info = AutoModel.from_pretrained(
-            encoder_name, use_safetensors=True, add_pooling_layer=False, output_loading_info=True, **hub
-        )
+        encoder, info = AutoModel.from_pretrained(encoder_name, use_safetensors=True, output_loading_info=True, **hub)
         decoder_config = AutoConfig.from_pretrained(encoder_name, **hub)
     except (OSError, ValueError, TypeError) as err:
         raise HftkError(f"model.encoder '{cfg.encoder}': cannot load it ({error_line(err)[:200]})") from None
     log_loading_info(encoder_name, info)
+    if getattr(encoder, "pooler", None) is not None:
+        # unused by a seq2seq model, but kept (frozen: no gradient, nothing for DDP to wait for) so the saved model
+        # is complete: from_pretrained builds the encoder with its pooler and would report the weights missing
+        encoder.pooler.requires_grad_(False)
     from hftk.models import check_model_args
 
     check_model_args(decoder_config, cfg.model_args, f"{cfg.encoder} decoder")
