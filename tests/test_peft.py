@@ -104,3 +104,15 @@ def test_merge_of_a_full_run_and_a_missing_base_are_one_line(cli, pretrained_run
     get_task("text-generation").load_run_model.cache_clear()
     code, _, err = cli("predict", run, "The")
     assert code == 2 and "cannot put the adapter on its base model" in err
+
+
+def test_default_adapter_targets_per_architecture():
+    from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    from hftk.models.adapters import default_targets
+
+    gpt = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, eos_token_id=0, bos_token_id=0))
+    # a decoder LM: every linear layer (attention and MLP), never the output embeddings
+    assert default_targets(gpt, "lora", set()) == (["c_attn", "c_fc", "c_proj"], [])
+    t5 = T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, vocab_size=64))
+    assert default_targets(t5, "lora", set()) == (["q", "v"], [])  # peft's own choice for T5
