@@ -118,7 +118,7 @@ def adapters(out: Path) -> str:
         rows.append(_adapter_row(label, method, run, result, f"{result['bits_per_byte']:.4f}"))
     return "\n".join(
         [
-            "### Adapters: LoRA (r=8) vs full fine-tuning",
+            "### Adapters: LoRA vs full fine-tuning",
             "",
             markdown_table(
                 ["model", "training", "run folder weights (KB)", "share of full", "trainable share", "test"], rows
