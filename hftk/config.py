@@ -55,7 +55,9 @@ class PeftConfig:
     alpha: int = _field(16, "scaling of the update (alpha / r)")
     dropout: float = _field(0.05, "dropout on the adapter's input")
     target_modules: list[str] | None = _field(None, "layers to adapt (None: the architecture's sensible default)")
-    quantize: Literal["none", "4bit"] = _field("none", "4bit: QLoRA, a 4-bit base (bitsandbytes, CUDA only)")
+    quantize: Literal["none", "4bit"] = _field(
+        "none", "4bit: QLoRA, the pretrained base in 4-bit NF4 (bitsandbytes; text tasks), the adapter trains"
+    )
 
 
 @dataclass

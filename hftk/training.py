@@ -335,7 +335,10 @@ def _check_resume_recipe(recipe: Recipe, output_dir: Path) -> None:
 
 def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
     """``(task, data, model, processor, datasets)``: everything a run needs before its Trainer (seeded)."""
+    from hftk.models.adapters import check_quantization
+
     task = get_task(recipe.task)
+    check_quantization(recipe)
     set_seed(recipe.train.get("seed", 42))
     data = task.load_data(recipe)
     model, processor = task.build_model(recipe, data)

@@ -66,7 +66,7 @@ def test_other_adapters_train(task_id, method, pretrained_runs, tmp_path):
     "overrides, message",
     [
         (["model.peft.method=lora", "model.peft.target_modules=[nonexistent]"], "nonexistent not in this model"),
-        (["model.peft.method=lora", "model.peft.quantize=4bit"], "needs a CUDA GPU"),
+        (["model.peft.quantize=4bit"], "trains an adapter on pretrained weights; set model.peft.method"),
         (["model.peft.method=lorra"], "did you mean 'lora'?"),
     ],
 )
@@ -116,3 +116,36 @@ def test_default_adapter_targets_per_architecture():
     assert default_targets(gpt, "lora", set()) == (["c_attn", "c_fc", "c_proj"], [])
     t5 = T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, vocab_size=64))
     assert default_targets(t5, "lora", set()) == (["q", "v"], [])  # peft's own choice for T5
+
+
+def test_qlora_trains_an_adapter_on_a_4bit_base_and_predicts_on_the_full_one(tmp_path):
+    import bitsandbytes as bnb
+
+    from hftk.training import prepare
+
+    tiny = [o for o in get_task("text-generation").TINY_OVERRIDES if not o.startswith("data.tokenizer=")]
+    wide = "model.model_args={n_layer: 1, n_embd: 64, n_head: 2}"  # bitsandbytes quantizes blocks of 64 weights
+    base = tmp_path / "base"
+    assert main(["-q", "train", "text-generation", *tiny, wide, "--output-dir", str(base)]) == 0
+    adapter = [wide, "model.peft.method=lora", "model.peft.quantize=4bit"]
+    recipe = load_recipe("text-generation", [*tiny, f"model.name={base}", "model.pretrained=true", *adapter])
+    model = prepare(recipe)[2]
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and not any(m.weight.requires_grad for m in quantized)  # the base stays 4-bit and frozen
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    run = _adapter_run("text-generation", base, tmp_path / "qlora", *adapter)
+    assert "quantization_config" not in json.loads((run / "model_config.json").read_text())
+    results = json.loads((run / "all_results.json").read_text())
+    assert results["trainable_parameters"] < results["total_parameters"]
+    first = get_task("text-generation").predict(run, ["The"], seed=0)
+    assert first and first[0]["continuation"]
+    assert main(["-q", "merge", str(run), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_qlora_is_for_the_text_tasks(cli, tmp_path):
+    code, _, err = cli(
+        "train", "image-classification", "model.peft.method=lora", "model.peft.quantize=4bit", "--output-dir", tmp_path
+    )
+    assert code == 2 and "for the text tasks" in err and "Traceback" not in err

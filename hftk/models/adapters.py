@@ -8,6 +8,10 @@ heads) is trained in full beside the adapter (``modules_to_save``).
 A run trained with an adapter holds ``adapter_config.json`` + ``adapter_model.safetensors`` (a few percent of the
 model) and ``model_config.json``, the trained model's config (labels, sizes); ``load_run_weights`` builds the base
 from ``base_model_name_or_path`` with that config and puts the adapter on it. ``merge_run`` writes a full model.
+
+``model.peft.quantize=4bit`` is QLoRA (Dettmers et al., 2023) for the text tasks: the pretrained base loads with
+4-bit NF4 weights (bitsandbytes, on a GPU or, with bitsandbytes >= 0.50, the CPU) and only the adapter trains. The
+run keeps the base's full-precision config, so predict, evaluate and merge put the adapter on the full base.
 """
 
 from __future__ import annotations
@@ -112,8 +116,6 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
     method = cfg.method
     if method not in METHODS:
         raise HftkError(f"model.peft.method '{method}': expected none or one of {', '.join(METHODS)}")
-    if cfg.quantize != "none":
-        _check_quantization(cfg)
     base = getattr(model, "name_or_path", "") or ""
     if not base or not (Path(base).is_dir() or "/" in base):
         raise HftkError(
@@ -145,6 +147,8 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
         config = peft.LoHaConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout, **common)
     else:
         config = peft.LoKrConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout, **common)
+    if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: norms in float32, inputs carry gradients
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         wrapped = peft.get_peft_model(model, config)
     except (ValueError, TypeError) as err:
@@ -156,18 +160,48 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
     return wrapped
 
 
-def _check_quantization(cfg: Any) -> None:
-    if cfg.quantize != "4bit":
-        raise HftkError(f"model.peft.quantize '{cfg.quantize}': expected none or 4bit")
-    if not torch.cuda.is_available():
-        raise HftkError("model.peft.quantize=4bit (QLoRA) needs a CUDA GPU (bitsandbytes); this machine has none")
-    raise HftkError("model.peft.quantize=4bit: load the base with a 4-bit quantization_config (not built yet)")
+QUANTIZED_TASKS = ("text-generation", "seq2seq-chat")
+
+
+def check_quantization(recipe: Any) -> None:
+    """``model.peft.quantize=4bit`` needs an adapter, pretrained weights, a text task and bitsandbytes."""
+    cfg = recipe.model
+    if cfg.peft.quantize == "none":
+        return
+    where = f"model.peft.quantize={cfg.peft.quantize} (QLoRA)"
+    if recipe.task not in QUANTIZED_TASKS:
+        raise HftkError(f"{where}: for the text tasks ({', '.join(QUANTIZED_TASKS)}), not {recipe.task}")
+    if cfg.peft.method == "none" or not cfg.pretrained:
+        raise HftkError(f"{where}: trains an adapter on pretrained weights; set model.peft.method, model.pretrained")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HftkError(f"{where}: needs bitsandbytes (pip install 'hftk[qlora]')") from None
+
+
+def quantization_kwargs(cfg: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments for the recipe's ``model`` section: a 4-bit NF4 base for QLoRA, else none."""
+    peft_cfg = getattr(cfg, "peft", None)
+    if peft_cfg is None or peft_cfg.quantize == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+    )
+    return {"quantization_config": config}
 
 
 def save_model_config(model: torch.nn.Module, run_dir: Path) -> None:
     """Write the trained model's config beside its adapter (``model_config.json``)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    (Path(run_dir) / MODEL_CONFIG).write_text(base.config.to_json_string())
+    config = base.config.to_dict()
+    config.pop("quantization_config", None)  # a QLoRA run's adapter goes on the full-precision base
+    (Path(run_dir) / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (Path(run_dir) / "config.json").unlink(missing_ok=True)
 
 

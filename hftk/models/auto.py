@@ -120,12 +120,15 @@ def _from_checkpoint(cfg: Any, name: str, auto_class: type, fields: dict, prepar
         for key, value in cfg.model_args.items():
             setattr(config, key, value)
         return _from_config(config, auto_class, cfg, prepare_config)
+    from hftk.models.adapters import quantization_kwargs
+
     try:
         model, info = auto_class.from_pretrained(
             name,
             use_safetensors=True,  # never unpickle downloaded weights
             ignore_mismatched_sizes=True,  # a new label count gets a new head (logged below)
             output_loading_info=True,
+            **quantization_kwargs(cfg),
             **hub,
             **fields,
             **cfg.model_args,
