@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     args.options = extra
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # bitsandbytes (QLoRA), imported by peft on every command, warns that an optional CPU kernel package is missing;
+    # it falls back to its own code, so the line only alarms
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if args.quiet:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
     try:

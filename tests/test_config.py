@@ -116,6 +116,21 @@ def test_cli_bad_recipe_is_one_line_exit_2(cli, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_fresh_cli_process_prints_only_the_error_line(tmp_path):
+    """What a user sees: no import-time warnings of the libraries (bitsandbytes, peft...) around the one line."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("task: text-generation\ntrain:\n  max_step: 10\n")
+    command = [sys.executable, "-m", "hftk.cli", "train", str(bad), "--output-dir", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"hftk: error: {bad}: train: unknown TrainingArguments field 'max_step'; did you mean 'max_steps'?"
+    ]
+
+
 def test_quickstart_fixes_its_work_and_evaluates_often():
     """The default recipe trains a fixed number of steps (no clock), with >= 8 validation points on its curve."""
     import math
