@@ -89,7 +89,8 @@ def adapters(out: Path) -> str:
             ],
             run,
         )
-        rows.append(_adapter_row("ViT (digits accuracy)", method, run, result, f"{result['test_accuracy']:.4f}"))
+        full = out / "vit-digits-none"
+        rows.append(_adapter_row("ViT (digits accuracy)", method, run, full, result, f"{result['test_accuracy']:.4f}"))
     gpt_base = out / "gpt-docs"
     train_run(
         GPT, ["train.max_steps=800", *NO_CHECKPOINTS, "train.eval_strategy=no", "eval.dynamic_lr=null"], gpt_base
@@ -115,7 +116,8 @@ def adapters(out: Path) -> str:
             run,
         )
         label = f"GPT-2 style (chat bits/byte), r={rank}" if method != "none" else "GPT-2 style (chat bits/byte)"
-        rows.append(_adapter_row(label, method, run, result, f"{result['bits_per_byte']:.4f}"))
+        full = out / "gpt-chat-none"
+        rows.append(_adapter_row(label, method, run, full, result, f"{result['bits_per_byte']:.4f}"))
     return "\n".join(
         [
             "### Adapters: LoRA vs full fine-tuning",
@@ -131,9 +133,10 @@ def adapters(out: Path) -> str:
     )
 
 
-def _adapter_row(model: str, method: str, run: Path, result: dict, quality: str) -> list:
+def _adapter_row(model: str, method: str, run: Path, full_run: Path, result: dict, quality: str) -> list:
+    """One table row; ``full_run`` is the full fine-tuning run whose weights the sizes compare against."""
     size = _size(run, ("model.safetensors", "adapter_model.safetensors"))
-    full = _size(run.parent / run.name.replace(method, "none").split("-r")[0], ("model.safetensors",))
+    full = _size(full_run, ("model.safetensors",))
     share = result["trainable_parameters"] / result["total_parameters"]
     label = "full fine-tuning" if method == "none" else "LoRA"
     return [model, label, f"{size / 1024:,.0f}", f"{size / max(1, full):.1%}", f"{share:.1%}", quality]

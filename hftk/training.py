@@ -338,7 +338,7 @@ def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
     from hftk.models.adapters import check_quantization
 
     task = get_task(recipe.task)
-    check_quantization(recipe)
+    check_quantization(recipe, task)
     set_seed(recipe.train.get("seed", 42))
     data = task.load_data(recipe)
     model, processor = task.build_model(recipe, data)

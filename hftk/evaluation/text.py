@@ -84,7 +84,7 @@ def score_stream(
     if lr > 0:
         model = copy.deepcopy(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = (
+        updater = (
             torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
             if optimizer == "rms"
             else torch.optim.SGD(params, lr=lr)
@@ -105,9 +105,9 @@ def score_stream(
             nats = torch.nn.functional.cross_entropy(logits.float(), ids[start:end], reduction="sum")
         total += float(nats.detach())
         if lr > 0:
-            optimizer.zero_grad(set_to_none=True)
+            updater.zero_grad(set_to_none=True)
             (nats / (end - start)).backward()
-            optimizer.step()
+            updater.step()
     return total, len(ids) - 1
 
 

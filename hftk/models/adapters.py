@@ -160,17 +160,18 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
     return wrapped
 
 
-QUANTIZED_TASKS = ("text-generation", "seq2seq-chat")
-
-
-def check_quantization(recipe: Any) -> None:
-    """``model.peft.quantize=4bit`` needs an adapter, pretrained weights, a text task and bitsandbytes."""
+def check_quantization(recipe: Any, task: Any) -> None:
+    """``model.peft.quantize=4bit`` needs an adapter, pretrained weights, a task that declares ``QUANTIZABLE``
+    (the text tasks) and bitsandbytes."""
     cfg = recipe.model
     if cfg.peft.quantize == "none":
         return
     where = f"model.peft.quantize={cfg.peft.quantize} (QLoRA)"
-    if recipe.task not in QUANTIZED_TASKS:
-        raise HftkError(f"{where}: for the text tasks ({', '.join(QUANTIZED_TASKS)}), not {recipe.task}")
+    if not getattr(task, "QUANTIZABLE", False):
+        from hftk import tasks
+
+        quantizable = [t for t in tasks.TASKS if getattr(tasks.get_task(t), "QUANTIZABLE", False)]
+        raise HftkError(f"{where}: for the text tasks ({', '.join(quantizable)}), not {recipe.task}")
     if cfg.peft.method == "none" or not cfg.pretrained:
         raise HftkError(f"{where}: trains an adapter on pretrained weights; set model.peft.method, model.pretrained")
     try:
@@ -199,7 +200,7 @@ def quantization_kwargs(cfg: Any) -> dict[str, Any]:
 def save_model_config(model: torch.nn.Module, run_dir: Path) -> None:
     """Write the trained model's config beside its adapter (``model_config.json``)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.to_dict()
+    config = json.loads(base.config.to_json_string())
     config.pop("quantization_config", None)  # a QLoRA run's adapter goes on the full-precision base
     (Path(run_dir) / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (Path(run_dir) / "config.json").unlink(missing_ok=True)

@@ -93,6 +93,8 @@ class Task(Protocol):
 #       layers whose state differs under data parallelism (batch-norm running statistics).
 #   model_parts(model) -> hftk.models.parts.ModelParts: the model's layers (stem first) and head, for model.freeze,
 #       gradual unfreezing and per-layer learning rates; without it the generic reading applies, with no head.
+#   QUANTIZABLE: bool, True where model.peft.quantize=4bit (QLoRA: a 4-bit base under the adapter) applies: tasks
+#       whose pretrained models are language models built of linear layers.
 #   chat(run_dir, input_fn, output, *, <options>) -> None: an interactive terminal session (`hftk chat RUN`);
 #       input_fn() returns the user's next line (EOFError ends it), answers are written to ``output``.
 

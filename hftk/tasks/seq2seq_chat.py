@@ -129,6 +129,7 @@ class ChatEvalConfig(EvalConfig):
     worst_examples: int = _field(8, "how many best and worst answers report.md shows")
 
 
+QUANTIZABLE = True  # model.peft.quantize=4bit: QLoRA on a pretrained language model (hftk.models.adapters)
 CONFIG_CLASSES = {"model": ChatModelConfig, "data": ChatDataConfig, "eval": ChatEvalConfig}
 
 

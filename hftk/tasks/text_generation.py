@@ -108,6 +108,7 @@ class TextEvalConfig(EvalConfig):
     )
 
 
+QUANTIZABLE = True  # model.peft.quantize=4bit: QLoRA on a pretrained language model (hftk.models.adapters)
 CONFIG_CLASSES = {"model": TextModelConfig, "data": TextDataConfig, "eval": TextEvalConfig}
 
 
