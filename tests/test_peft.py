@@ -7,6 +7,7 @@ import pytest
 
 from hftk.cli import main
 from hftk.config import load_recipe
+from hftk.errors import HftkError
 from hftk.tasks import get_task
 
 TASKS_WITH_ADAPTERS = ["image-classification", "text-generation", "seq2seq-chat", "object-detection"]
@@ -92,6 +93,34 @@ def test_an_adapter_needs_pretrained_weights(cli, tmp_path):
         "train", "text-generation", *task.TINY_OVERRIDES, "model.peft.method=lora", "--output-dir", tmp_path / "r"
     )
     assert code == 2 and "an adapter trains on pretrained weights" in err
+
+
+def test_an_adapter_on_a_warm_start_assembled_from_parts_is_one_line(cli, tmp_path):
+    # the MiniLM encoder-decoder has new cross-attention layers: an adapter alone would leave them random
+    code, _, err = cli(
+        "train",
+        "recipes/seq2seq-chat/minilm-chatterbot.yaml",
+        "model.peft.method=lora",
+        "data.max_train_samples=16",
+        "data.max_eval_samples=4",
+        "--output-dir",
+        tmp_path / "r",
+    )
+    assert code == 2 and "a warm start assembled from parts" in err and "Traceback" not in err, err
+
+
+def test_qlora_refuses_a_base_that_did_not_load_in_4_bits(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hftk.models.adapters import wrap_adapter
+
+    gpt = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=64))
+    gpt.name_or_path = str(tmp_path)  # looks pretrained, but built in full precision
+    cfg = SimpleNamespace(method="lora", quantize="4bit", target_modules=None, r=4, alpha=8, dropout=0.0)
+    with pytest.raises(HftkError, match="did not load in 4 bits"):
+        wrap_adapter(gpt, cfg, [])
 
 
 def test_merge_of_a_full_run_and_a_missing_base_are_one_line(cli, pretrained_runs, tmp_path):

@@ -120,7 +120,8 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
     if not base or not (Path(base).is_dir() or "/" in base):
         raise HftkError(
             "model.peft: an adapter trains on pretrained weights; set model.name to a folder or Hub id (or a "
-            "tagged timm name) with model.pretrained=true"
+            "tagged timm name) with model.pretrained=true (a warm start assembled from parts, as model.encoder "
+            "builds, has new layers to train in full first: put the adapter on that run's folder)"
         )
     heads = {n.rsplit(".", 1)[0] for n in head_params}
     targets, feedforward = (
@@ -147,6 +148,11 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
         config = peft.LoHaConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout, **common)
     else:
         config = peft.LoKrConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout, **common)
+    if cfg.quantize != "none" and not getattr(model, "is_loaded_in_4bit", False):
+        raise HftkError(
+            f"model.peft.quantize={cfg.quantize} (QLoRA): this model did not load in 4 bits (only a model that "
+            "from_pretrained loads whole can; a warm start assembled from parts cannot); set model.peft.quantize=none"
+        )
     if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: norms in float32, inputs carry gradients
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:

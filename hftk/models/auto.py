@@ -16,7 +16,8 @@ only a pickle is refused), and logs every weight that was not loaded (a new head
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,20 +124,35 @@ def _from_checkpoint(cfg: Any, name: str, auto_class: type, fields: dict, prepar
     from hftk.models.adapters import quantization_kwargs
 
     try:
-        model, info = auto_class.from_pretrained(
-            name,
-            use_safetensors=True,  # never unpickle downloaded weights
-            ignore_mismatched_sizes=True,  # a new label count gets a new head (logged below)
-            output_loading_info=True,
-            **quantization_kwargs(cfg),
-            **hub,
-            **fields,
-            **cfg.model_args,
-        )
+        with own_loading_report():
+            model, info = auto_class.from_pretrained(
+                name,
+                use_safetensors=True,  # never unpickle downloaded weights
+                ignore_mismatched_sizes=True,  # a new label count gets a new head (logged below)
+                output_loading_info=True,
+                **quantization_kwargs(cfg),
+                **hub,
+                **fields,
+                **cfg.model_args,
+            )
     except (OSError, ValueError, TypeError) as err:
         raise _cannot_load(name, err) from None
     log_loading_info(name, info)
     return model
+
+
+@contextmanager
+def own_loading_report() -> Iterator[None]:
+    """transformers' warnings while a checkpoint loads (its LOAD REPORT table of missing and unexpected keys) are
+    held back: ``log_loading_info`` says the same in a line or two."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def log_loading_info(name: str, info: dict) -> list[str]:

@@ -33,7 +33,7 @@ from transformers import AutoModelForSeq2SeqLM, Pipeline
 
 from hftk.errors import HftkError
 from hftk.models import error_line, load_model
-from hftk.models.auto import log_loading_info
+from hftk.models.auto import log_loading_info, own_loading_report
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,10 @@ def build_encoder_decoder(cfg: Any, tokenizer: Any, source_tokenizer: Any | None
     encoder_name = resolve_encoder(cfg.encoder)
     hub = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
-        encoder, info = AutoModel.from_pretrained(encoder_name, use_safetensors=True, output_loading_info=True, **hub)
+        with own_loading_report():
+            encoder, info = AutoModel.from_pretrained(
+                encoder_name, use_safetensors=True, output_loading_info=True, **hub
+            )
         decoder_config = AutoConfig.from_pretrained(encoder_name, **hub)
     except (OSError, ValueError, TypeError) as err:
         raise HftkError(f"model.encoder '{cfg.encoder}': cannot load it ({error_line(err)[:200]})") from None
@@ -160,9 +163,10 @@ def build_encoder_decoder(cfg: Any, tokenizer: Any, source_tokenizer: Any | None
     check_model_args(decoder_config, cfg.model_args, f"{cfg.encoder} decoder")
     decoder_config.update({**cfg.model_args, "is_decoder": True, "add_cross_attention": True})
     if cfg.decoder == "encoder":  # the encoder's weights; cross-attention starts random (logged)
-        decoder, info = AutoModelForCausalLM.from_pretrained(
-            encoder_name, config=decoder_config, use_safetensors=True, output_loading_info=True, **hub
-        )
+        with own_loading_report():
+            decoder, info = AutoModelForCausalLM.from_pretrained(
+                encoder_name, config=decoder_config, use_safetensors=True, output_loading_info=True, **hub
+            )
         log_loading_info(f"decoder from {cfg.encoder}", info)
     else:
         decoder = AutoModelForCausalLM.from_config(decoder_config)
