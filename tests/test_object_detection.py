@@ -15,6 +15,7 @@ from hftk.data import detection_transforms as transforms
 from hftk.data.shapes import ShapesSpec, shapes_dir
 from hftk.errors import HftkError
 from hftk.evaluation import load_metric
+from hftk.models.detection import frozen_batch_norms
 from hftk.tasks import object_detection as task
 
 NAMES = ["cat", "dog"]
@@ -295,6 +296,9 @@ def test_a_random_resnet_backbone_is_not_left_frozen(detector):
     model, processor = build_detector(cfg, NAMES, 32)
     params = backbone_parameters(model)
     assert params and all(p.requires_grad for _, p in params)  # transformers alone leaves them all frozen
+    norms = [m for n, m in model.named_modules() if "backbone" in n and isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not frozen_batch_norms(model)  # transformers swaps them for frozen ones (identities here)
+    assert all(m.weight.requires_grad for m in norms)
     assert model.config.auxiliary_loss is True and model.config.id2label == {0: "cat", 1: "dog"}
     assert processor.size == {"height": 32, "width": 32}
 
@@ -310,9 +314,43 @@ def test_a_frozen_pretrained_resnet_backbone_trains_as_detr_meant(tmp_path):
     )
     assert not any(p.requires_grad for _, p in backbone_parameters(model))  # the trap, as transformers builds it
     settle_backbone(model, pretrained=True)
+    assert frozen_batch_norms(model)  # pretrained statistics stay frozen, as DETR trains them
     trainable = {n for n, p in backbone_parameters(model) if p.requires_grad}
     assert trainable and all("stages.0" not in n and "embedder" not in n for n in trainable)
     assert any("stages.3" in n for n in trainable)
+
+
+def test_trained_batch_norms_reload_as_frozen_ones_with_the_same_boxes(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForObjectDetection
+
+    from hftk.models.detection import build_detector
+
+    cfg = task.DetectionModelConfig(
+        name="conditional_detr", backbone="resnet", backbone_args=TINY_RESNET, model_args=TINY_DETR
+    )
+    model, _ = build_detector(cfg, NAMES, 32)
+    torch.manual_seed(0)
+    pixels = torch.rand(4, 3, 32, 32)
+    model.train()
+    model(pixel_values=pixels)  # the norms' running statistics move
+    model.eval()
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).pred_boxes
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForObjectDetection.from_pretrained(tmp_path).eval()  # what pipeline() and predict load
+    assert frozen_batch_norms(reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).pred_boxes, expected)
+    # resuming (and the best model at the end) loads the checkpoint strictly into the thawed model
+    fresh, _ = build_detector(cfg, NAMES, 32)
+    trainer = SimpleNamespace(
+        is_fsdp_enabled=False, is_deepspeed_enabled=False, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
+    )
+    assert task.DetectionTrainer._load_converted(trainer, str(tmp_path), fresh)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(pixel_values=pixels).pred_boxes, expected)
 
 
 def test_timm_backbone_wires_the_encoder_channels_and_its_own_learning_rate(tmp_path):

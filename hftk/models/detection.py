@@ -10,8 +10,9 @@ transformers ResNet backbone, DETR, Conditional and Deformable DETR (5.x) keep o
 ``stage.1``/``stage.2``/``stage.3`` trainable, but ResNet names them ``stages.N``, so the *whole* backbone is
 frozen and a random-init model trains around a random CNN. ``settle_backbone`` undoes it: a backbone without
 pretrained weights trains whole, a pretrained one trains as DETR meant (all but the stem and first stage). Backbone
-batch norms that transformers would freeze are kept trainable for random-init RT-DETR-style models for the same
-reason (a frozen batch norm of a random init is an identity). The log says what trains, part by part.
+batch norms that transformers would freeze are kept trainable for a random init for the same reason (a frozen
+batch norm of a random init is an identity): RT-DETR-style models through their config, DETR, Conditional and
+Deformable DETR (which always swap them for frozen ones) by swapping them back. The log says what trains, part by part.
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
     if cfg.auxiliary_loss is not None:
         fields["auxiliary_loss"] = cfg.auxiliary_loss
     random_backbone = not (cfg.pretrained and checkpoint) and not cfg.backbone_pretrained
+    norms = getattr(cfg, "backbone_batch_norm", "auto")
+    train_norms = random_backbone if norms == "auto" else norms == "train"
 
     def prepare(config: Any) -> None:
         _check_detector(config, cfg.name)
-        if random_backbone and getattr(config, "freeze_backbone_batch_norms", False):
-            if "freeze_backbone_batch_norms" not in cfg.model_args:
-                config.freeze_backbone_batch_norms = False  # frozen batch norms of a random init: identities
+        if hasattr(config, "freeze_backbone_batch_norms") and "freeze_backbone_batch_norms" not in cfg.model_args:
+            if norms != "auto" or random_backbone:  # else the checkpoint's own choice
+                config.freeze_backbone_batch_norms = not train_norms  # frozen norms of a random init: identities
         if image_size and config.model_type == "yolos":
             config.image_size = [image_size, image_size]
 
@@ -72,7 +75,7 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
         cfg, AutoModelForObjectDetection, fields, prepare_config=prepare, candidates=detection_model_types()
     )
     _check_detector(model.config, cfg.name)
-    settle_backbone(model, pretrained=not random_backbone)
+    settle_backbone(model, pretrained=not random_backbone, train_norms=train_norms)
     return model, build_processor(cfg, model, image_size)
 
 
@@ -190,10 +193,48 @@ def class_layers(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def settle_backbone(model: torch.nn.Module, pretrained: bool) -> None:
-    """Undo transformers' backbone freezing where it misfires (see the module docstring); log what changed."""
+def frozen_batch_norms(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """``(parent, name, module)`` of each frozen batch norm that transformers put in a DETR-family backbone."""
+    return [
+        (parent, name, child)
+        for prefix, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if "backbone" in f"{prefix}.{name}" and type(child).__name__.endswith("FrozenBatchNorm2d")
+    ]
+
+
+def thaw_batch_norms(model: torch.nn.Module) -> int:
+    """Put a trainable ``BatchNorm2d`` (same statistics and affine) in place of each frozen one; return how many.
+
+    DETR, Conditional and Deformable DETR swap every backbone batch norm for a frozen one, which is right for
+    pretrained weights and wrong for a random init: there it is an identity, and the CNN trains unnormalised. The
+    saved weights keep the frozen norm's names (weight, bias, running_mean, running_var), so ``from_pretrained``
+    and ``pipeline`` reload them into frozen norms that compute what the trained norms compute in eval mode.
+    """
+    found = frozen_batch_norms(model)
+    for parent, name, frozen in found:
+        norm = torch.nn.BatchNorm2d(frozen.weight.numel()).to(frozen.weight.device)
+        with torch.no_grad():
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(norm, key).copy_(getattr(frozen, key))
+        setattr(parent, name, norm)
+    return len(found)
+
+
+def settle_backbone(model: torch.nn.Module, pretrained: bool, train_norms: bool | None = None) -> None:
+    """Undo transformers' backbone freezing where it misfires (see the module docstring); log what changed.
+
+    ``train_norms`` (``model.backbone_batch_norm``; None: when not ``pretrained``) swaps frozen batch norms back.
+    """
     if model.config.model_type not in DETR_FREEZING:
         return
+    if (not pretrained if train_norms is None else train_norms) and (thawed := thaw_batch_norms(model)):
+        logger.warning(
+            "%s froze the %d batch norms of its backbone; hftk trains them (model.backbone_batch_norm: a random "
+            "init's frozen norms are identities)",
+            model.config.model_type,
+            thawed,
+        )
     params = backbone_parameters(model)
     frozen = [n for n, p in params if not p.requires_grad]
     if not frozen:

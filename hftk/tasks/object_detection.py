@@ -33,7 +33,13 @@ from hftk.errors import HftkError
 from hftk.evaluation import inference_device, read_metrics
 from hftk.evaluation.detection import compute_map, post_process, target_boxes
 from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
-from hftk.models.detection import build_detector, detection_parts, log_trainable_parts
+from hftk.models.detection import (
+    build_detector,
+    detection_parts,
+    frozen_batch_norms,
+    log_trainable_parts,
+    thaw_batch_norms,
+)
 from hftk.models.parts import ModelParts
 from hftk.tasks.contract import TrainerInputs
 
@@ -64,10 +70,11 @@ TINY_OVERRIDES = [
 ]
 # the distributed equivalence test: RT-DETR's batch norms (their running statistics follow one process under
 # data parallelism) and its denoising queries (noise drawn per process) cannot match across process counts; a
-# Conditional DETR with transformers' frozen backbone batch norms and no dropout can, and its losses are
+# Conditional DETR with frozen backbone batch norms and no dropout can, and its losses are
 # normalised by the boxes of all processes, so 2 processes equal 1 with the same global batch
 DETERMINISTIC_OVERRIDES = [
     "model.name=conditional_detr",
+    "model.backbone_batch_norm=frozen",
     "model.backbone=resnet",
     "model.backbone_args={embedding_size: 8, hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1], layer_type: basic}",
     "model.model_args={d_model: 32, encoder_layers: 1, decoder_layers: 2, encoder_ffn_dim: 16, decoder_ffn_dim: 16, "
@@ -93,6 +100,9 @@ class DetectionModelConfig(ModelConfig):
     )
     backbone_pretrained: bool = _field(False, "load a timm backbone's pretrained weights (safetensors, from the Hub)")
     auxiliary_loss: bool | None = _field(True, "losses at every decoder layer (DETR trains so); None: the model's")
+    backbone_batch_norm: Literal["auto", "train", "frozen"] = _field(
+        "auto", "backbone batch norms: auto trains a random backbone's, keeps pretrained ones frozen (as DETR does)"
+    )
 
 
 @dataclass
@@ -240,6 +250,8 @@ class DetectionTrainer(Trainer):
             devices=[]
         ):  # building a model draws random numbers; the run's stream must not move
             loaded = type(model).from_pretrained(folder, config=model.config, use_safetensors=True)
+        if not frozen_batch_norms(model):  # a random backbone's norms train (settle_backbone), so they load so
+            thaw_batch_norms(loaded)
         model.load_state_dict(loaded.state_dict())  # strict: every tensor, or an error
         logger.info("loaded the model weights of %s", folder)
         return True
