@@ -148,12 +148,13 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
         config = peft.LoHaConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout, **common)
     else:
         config = peft.LoKrConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout, **common)
-    if cfg.quantize != "none" and not getattr(model, "is_loaded_in_4bit", False):
+    four_bit = getattr(model, "is_loaded_in_4bit", False)
+    if cfg.quantize != "none" and not four_bit:
         raise HftkError(
             f"model.peft.quantize={cfg.quantize} (QLoRA): this model did not load in 4 bits (only a model that "
             "from_pretrained loads whole can; a warm start assembled from parts cannot); set model.peft.quantize=none"
         )
-    if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: norms in float32, inputs carry gradients
+    if four_bit:  # QLoRA: norms in float32, inputs carry gradients
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         wrapped = peft.get_peft_model(model, config)

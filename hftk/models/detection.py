@@ -60,7 +60,7 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
     if cfg.auxiliary_loss is not None:
         fields["auxiliary_loss"] = cfg.auxiliary_loss
     random_backbone = not (cfg.pretrained and checkpoint) and not cfg.backbone_pretrained
-    norms = getattr(cfg, "backbone_batch_norm", "auto")
+    norms = cfg.backbone_batch_norm
     train_norms = random_backbone if norms == "auto" else norms == "train"
 
     def prepare(config: Any) -> None:
@@ -221,14 +221,14 @@ def thaw_batch_norms(model: torch.nn.Module) -> int:
     return len(found)
 
 
-def settle_backbone(model: torch.nn.Module, pretrained: bool, train_norms: bool | None = None) -> None:
+def settle_backbone(model: torch.nn.Module, pretrained: bool, train_norms: bool) -> None:
     """Undo transformers' backbone freezing where it misfires (see the module docstring); log what changed.
 
-    ``train_norms`` (``model.backbone_batch_norm``; None: when not ``pretrained``) swaps frozen batch norms back.
+    ``train_norms`` (``model.backbone_batch_norm`` resolved) swaps frozen batch norms back for trainable ones.
     """
     if model.config.model_type not in DETR_FREEZING:
         return
-    if (not pretrained if train_norms is None else train_norms) and (thawed := thaw_batch_norms(model)):
+    if train_norms and (thawed := thaw_batch_norms(model)):
         logger.warning(
             "%s froze the %d batch norms of its backbone; hftk trains them (model.backbone_batch_norm: a random "
             "init's frozen norms are identities)",
