@@ -15,3 +15,9 @@ def did_you_mean(value: object, choices: list[str], cutoff: float = 0.6) -> str:
 
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
     return f"did you mean '{close[0]}'?" if close else ""
+
+
+def error_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -69,7 +69,8 @@ def write_model_card(
         )
         for k in headline
     ]
-    base_model = _base_model(recipe)
+    packaged = packaged_weights(run_dir)
+    base_model = _base_model(recipe) or (packaged or {}).get("hub_id")
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=task.PIPELINE_TAG,
@@ -83,7 +84,7 @@ def write_model_card(
     )
     sections = [
         f"# {recipe.name}",
-        _description(run_dir, recipe, task, dataset, base_model),
+        _description(run_dir, recipe, task, dataset, base_model, packaged),
         f"## Results ({split} split, {metrics.get('num_examples', '?')} examples)",
         _table(headline, numbers),
         *_plots(run_dir),
@@ -115,17 +116,40 @@ def _base_model(recipe: Recipe) -> str | None:
     return name if recipe.model.pretrained and _is_hub_id(name) else None
 
 
-def _description(run_dir: Path, recipe: Recipe, task: Any, dataset: str, base_model: str | None) -> str:
-    origin = (
-        f"fine-tuned from [{base_model}](https://huggingface.co/{base_model})"
-        if base_model
-        else (
-            f"fine-tuned from `{recipe.model.name}`"
-            if recipe.model.pretrained
-            else "trained from scratch (random init)"
+def packaged_weights(run_dir: Path) -> dict | None:
+    """What the run's config records of pretrained weights a pip package shipped (``hftk.models.packaged``)."""
+    from hftk.models.packaged import CONFIG_KEY
+
+    for name in ("config.json", "model_config.json"):
+        record = _read_json(run_dir / name).get(CONFIG_KEY)
+        if record:
+            return record
+    return None
+
+
+def _description(
+    run_dir: Path, recipe: Recipe, task: Any, dataset: str, base_model: str | None, packaged: dict | None
+) -> str:
+    if packaged:
+        weights = f"`{packaged['name']}` weights shipped by the pip package `{packaged['package']}`"
+        weights += (
+            f" (license {packaged['license']}; on the Hub: {base_model})"
+            if base_model
+            else f" (license {packaged['license']})"
         )
-    )
-    text = f"A **{task.TASK}** model (`{recipe.model.name}`), {origin} on `{dataset}` with [hftk]({HFTK_URL})."
+        origin = (
+            f"its {packaged['part']} initialised from the {weights},"
+            if packaged.get("part")
+            else f"fine-tuned from the {weights}"
+        )
+    elif base_model:
+        origin = f"fine-tuned from [{base_model}](https://huggingface.co/{base_model})"
+    elif recipe.model.pretrained:
+        origin = f"fine-tuned from `{recipe.model.name}`"
+    else:
+        origin = "trained from scratch (random init)"
+    article = "An" if task.TASK[0] in "aeiou" else "A"
+    text = f"{article} **{task.TASK}** model (`{recipe.model.name}`), {origin} on `{dataset}` with [hftk]({HFTK_URL})."
     counts = _read_json(run_dir / "all_results.json")
     if "total_parameters" in counts:
         share = 100 * counts["trainable_parameters"] / max(1, counts["total_parameters"])

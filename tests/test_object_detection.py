@@ -206,7 +206,6 @@ def _with(change):
         (_with(lambda c: c["images"][1].pop("file_name")), "images[1]: missing key 'file_name'"),
         (_with(lambda c: c["annotations"][0].update(bbox="2 3 10 8")), "annotations[0] (id 1): 'bbox' is '2 3 10 8'"),
         (_with(lambda c: c["annotations"][0].update(bbox=[2, 3, 10])), "annotations[0] (id 1): bbox has 3 values"),
-        (_with(lambda c: c["annotations"][1].update(bbox=[2, 3, -4, 5])), "annotations[1] (id 2): bbox [2, 3, -4, 5]"),
         (
             _with(lambda c: c["annotations"][0].update(category_id=3)),
             "category_id 3 is not in 'categories' (ids: 7, 42)",
@@ -220,6 +219,18 @@ def test_malformed_coco_is_one_line_naming_file_and_entry(tmp_path, coco, messag
         _load(_bad_coco(tmp_path, coco))
     text = str(err.value)
     assert message in text and "ann.json" in text and "\n" not in text, text
+
+
+def test_a_box_with_a_negative_size_is_dropped_and_counted_or_named(tmp_path, caplog):
+    path = _bad_coco(tmp_path, _with(lambda c: c["annotations"][1].update(bbox=[2, 3, -4, 5])))
+    caplog.set_level("INFO")
+    data = _load(path, "data.test_size=1.0", "data.validation_size=1.0")
+    rows = {r["image_id"]: r for s in data.values() for r in s}
+    assert rows[1]["objects"]["bbox"] == [[2.0, 3.0, 10.0, 8.0]]  # the good box of the image stays
+    assert "1 bad boxes dropped (negative size or not finite" in caplog.text
+    with pytest.raises(HftkError) as err:
+        _load(path, "data.on_bad_box=error")
+    assert "annotations[1] (id 2): bbox [2, 3, -4, 5] has a negative size" in str(err.value)
 
 
 def test_undecodable_image_is_named_or_skipped(tmp_path, caplog):

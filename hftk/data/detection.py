@@ -5,16 +5,17 @@ Every split is a ``datasets.Dataset`` with ``image`` (decoded lazily), ``image_i
 ``objects``: ``{"bbox": [[x, y, w, h], ...], "category": [class index, ...]}`` in pixels (COCO's box format), with
 class indices 0..K-1 (``objects.category`` is a ClassLabel holding the names). Source category ids need not be
 contiguous or start anywhere in particular. Boxes are cleaned the same way from every source, with counts in the
-log: clipped to the image, dropped when nothing is left of them (zero size, or wholly outside), and images
-without boxes are kept as negatives. Input that cannot be meant (a bbox with 3 values, a negative width, a
-category missing from ``categories``, an image that is not there or cannot be read) stops with one line naming the
-file and the entry.
+log: clipped to the image, dropped when nothing is left of them (zero size, or wholly outside) or when they are bad
+labels (a negative size, a non-finite number; ``data.on_bad_box=error`` stops instead), and images without boxes
+are kept as negatives. Input that cannot be meant (a bbox with 3 values, a category missing from ``categories``, an
+image that is not there or cannot be read) stops with one line naming the file and the entry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 
 from hftk.data import check_path, finalize_splits, load_hub_dataset
-from hftk.errors import HftkError
+from hftk.errors import HftkError, error_line
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Hygiene:
     boxes: int = 0
     clipped: int = 0
     dropped: int = 0
+    bad: int = 0  # negative sizes or non-finite numbers, dropped (data.on_bad_box=drop)
     negatives: int = 0
     crowd: int = 0
     skipped_images: list[str] = field(default_factory=list)
@@ -73,13 +75,14 @@ class Hygiene:
     def log(self, where: str) -> None:
         logger.info(
             "%s: %d images, %d boxes; %d boxes clipped to the image, %d empty boxes dropped (zero size or outside), "
-            "%d images without boxes kept as negatives%s%s",
+            "%d images without boxes kept as negatives%s%s%s",
             where,
             self.images,
             self.boxes,
             self.clipped,
             self.dropped,
             self.negatives,
+            f", {self.bad} bad boxes dropped (negative size or not finite; data.on_bad_box)" if self.bad else "",
             f", {self.crowd} crowd boxes skipped" if self.crowd else "",
             f", {len(self.skipped_images)} unreadable images skipped (e.g. {self.skipped_images[0]})"
             if self.skipped_images
@@ -87,10 +90,14 @@ class Hygiene:
         )
 
 
-def clean_boxes(boxes: Any, width: int, height: int, bbox_format: str, where: str, stats: Hygiene) -> list:
+def clean_boxes(
+    boxes: Any, width: int, height: int, bbox_format: str, where: str, stats: Hygiene, on_bad: str = "drop"
+) -> list:
     """``boxes`` in ``bbox_format`` -> COCO ``[x, y, w, h]`` pixels clipped to the image; ``None`` for a dropped box.
 
-    A box that is not 4 numbers, or has a negative size, is an error naming ``where``.
+    A box that is not 4 numbers is an error naming ``where`` (the data is in another format). A box with a negative
+    size or a non-finite number is a bad label: dropped and counted (``on_bad="drop"``, as ultralytics does with bad
+    labels), or an error naming ``where`` (``"error"``).
     """
     out = []
     for i, box in enumerate(boxes):
@@ -101,8 +108,16 @@ def clean_boxes(boxes: Any, width: int, height: int, bbox_format: str, where: st
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
             raise HftkError(f"{here}: bbox {box!r} holds a non-number; expected 4 numbers ({_layout(bbox_format)})")
         x0, y0, x1, y1 = _to_corners(box, width, height, bbox_format)
-        if x1 < x0 or y1 < y0:
-            raise HftkError(f"{here}: bbox {list(box)} has a negative size; expected {_layout(bbox_format)}")
+        if x1 < x0 or y1 < y0 or not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            if on_bad == "error":
+                problem = "a negative size" if x1 < x0 or y1 < y0 else "a number that is not finite"
+                raise HftkError(
+                    f"{here}: bbox {list(box)} has {problem}; expected {_layout(bbox_format)} "
+                    "(data.on_bad_box=drop drops such boxes)"
+                )
+            stats.bad += 1
+            out.append(None)
+            continue
         cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)
         if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
             stats.dropped += 1
@@ -172,7 +187,7 @@ def load_local(path: Path, cfg: Any) -> DatasetDict:
         try:
             loaded = load_dataset("imagefolder", data_dir=str(path))
         except Exception as err:  # datasets raises many types for malformed folders and metadata
-            raise HftkError(f"data.path '{path}': cannot read it as an imagefolder ({_first_line(err)})") from None
+            raise HftkError(f"data.path '{path}': cannot read it as an imagefolder ({error_line(err)})") from None
         return from_datasets(loaded, cfg)
     raise HftkError(
         f"data.path '{path}': no COCO annotations found; expected annotations/instances_<split>.json + <split>/, "
@@ -251,7 +266,7 @@ def read_coco(json_path: Path, images_dir: Path, cfg: Any) -> Dataset:
         width, height = size
         cleaned, cats = [], []
         for bbox, cat, where in boxes[image_id]:
-            box = clean_boxes([bbox], width, height, "coco", where, stats)[0]
+            box = clean_boxes([bbox], width, height, "coco", where, stats, cfg.on_bad_box)[0]
             if box is not None:
                 cleaned.append(box)
                 cats.append(cat)
@@ -264,7 +279,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
-        raise HftkError(f"{path}: cannot read it ({_first_line(err)})") from None
+        raise HftkError(f"{path}: cannot read it ({error_line(err)})") from None
     except json.JSONDecodeError as err:
         raise HftkError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); expected a COCO annotation file") from None
     if not isinstance(data, dict):
@@ -380,7 +395,7 @@ def _standardise(ds: Dataset, cfg: Any, split: str, key: str, names: list[str], 
         cats = [to_index.get(c) for c in objects[key]]
         if None in cats:
             raise HftkError(f"{where}: category {objects[key][cats.index(None)]!r} is not one of the data's classes")
-        boxes = clean_boxes(objects[cfg.bbox_key], *size, cfg.bbox_format, where, stats)
+        boxes = clean_boxes(objects[cfg.bbox_key], *size, cfg.bbox_format, where, stats, cfg.on_bad_box)
         kept = [(b, c) for b, c in zip(boxes, cats) if b is not None]
         image_id = row.get("image_id") if isinstance(row.get("image_id"), int) else i
         _add_row(rows, image, image_id, *size, [b for b, _ in kept], [c for _, c in kept], stats)
@@ -400,8 +415,3 @@ def _decoded_size(image: dict, where: str, policy: str, stats: Hygiene) -> tuple
             stats.skipped_images.append(source)
             return None
         raise HftkError(f"{where}: {source} is not a readable image; set data.on_bad_image=skip to skip it") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

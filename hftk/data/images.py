@@ -80,9 +80,29 @@ def load_image_data(cfg) -> DatasetDict:
         raise HftkError("data: set data.name (embedded: mnist-5k, digits; or a Hub dataset id) or data.path")
     splits = DatasetDict({name: _standard_columns(ds, cfg, name) for name, ds in splits.items()})
     if not cfg.path and cfg.name in IMAGE_DATASETS:
-        return finalize_splits(splits, cfg, "label")
-    splits = DatasetDict({name: drop_unreadable(ds, cfg.on_bad_image) for name, ds in splits.items()})
-    return finalize_splits(splits, cfg, "label", check_split=_check_classes)
+        out = finalize_splits(splits, cfg, "label")
+    else:
+        splits = DatasetDict({name: drop_unreadable(ds, cfg.on_bad_image) for name, ds in splits.items()})
+        out = finalize_splits(splits, cfg, "label", check_split=_check_classes)
+    if cfg.samples_per_class:
+        out["train"] = per_class(out["train"], cfg.samples_per_class, cfg.split_seed)
+    return out
+
+
+def per_class(ds: Dataset, count: int, seed: int) -> Dataset:
+    """At most ``count`` training images of each class, drawn with ``seed``: a label budget (few-shot transfer)."""
+    if count < 1:
+        raise HftkError(f"data.samples_per_class {count}: expected a positive number (null: every image)")
+    labels = np.asarray(ds["label"])
+    order = np.random.default_rng(seed).permutation(len(labels))
+    taken: dict[int, int] = {}
+    keep = []
+    for i in order:
+        if taken.get(labels[i], 0) < count:
+            taken[labels[i]] = taken.get(labels[i], 0) + 1
+            keep.append(int(i))
+    logger.info("train: %d images, at most %d per class (data.samples_per_class)", len(keep), count)
+    return ds.select(sorted(keep)).flatten_indices()
 
 
 def _load_local(path: Path) -> DatasetDict:
@@ -142,7 +162,7 @@ def _readable(example: dict) -> dict:
         with PILImage.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as im:
             im.load()
         return {"_ok": True, "_source": source}
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+    except (PILImage.UnidentifiedImageError, OSError, SyntaxError, ValueError):  # what PIL raises for bad files
         return {"_ok": False, "_source": source}
 
 

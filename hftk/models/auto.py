@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hftk.errors import HftkError, did_you_mean
+from hftk.errors import HftkError, did_you_mean, error_line
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +184,6 @@ def _cannot_load(name: str, err: Exception) -> HftkError:
         f"model.name '{name}': cannot load it ({text[:200]}); expected a folder written by save_pretrained "
         "or a reachable Hub id (offline: use a local folder)"
     )
-
-
-def error_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
 
-from hftk.errors import HftkError
-from hftk.models import check_model_args, error_line, load_model
+from hftk.errors import HftkError, error_line
+from hftk.models import check_model_args, load_model
+from hftk.models.packaged import CONFIG_KEY, check_same_tensors
 from hftk.models.parts import ModelParts
 from hftk.models.parts import model_parts as read_parts
+from hftk.models.vision import TimmWeights, timm_weights
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,10 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
     """``(model, image processor)`` for ``labels``; ``image_size`` fixes the square input side (None: the model's)."""
     fields: dict[str, Any] = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
     checkpoint = _is_checkpoint(cfg.name)
+    weights = None  # a timm backbone's pretrained weights, loaded here (safetensors, Hub or pip package)
     if not checkpoint and cfg.name in detection_model_types():
-        fields.update(_backbone_fields(cfg))
+        backbone_fields, weights = _backbone_fields(cfg)
+        fields.update(backbone_fields)
     if cfg.auxiliary_loss is not None:
         fields["auxiliary_loss"] = cfg.auxiliary_loss
     random_backbone = not (cfg.pretrained and checkpoint) and not cfg.backbone_pretrained
@@ -75,8 +79,13 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
         cfg, AutoModelForObjectDetection, fields, prepare_config=prepare, candidates=detection_model_types()
     )
     _check_detector(model.config, cfg.name)
+    if weights is not None:
+        load_backbone_weights(model, weights)
     settle_backbone(model, pretrained=not random_backbone, train_norms=train_norms)
-    return model, build_processor(cfg, model, image_size)
+    processor = build_processor(cfg, model, image_size)
+    if weights is not None:  # feed the backbone what it was trained on (RT-DETR's processor only rescales)
+        processor.do_normalize, processor.image_mean, processor.image_std = True, weights.mean, weights.std
+    return model, processor
 
 
 def _is_checkpoint(name: str) -> bool:
@@ -91,12 +100,13 @@ def _check_detector(config: Any, name: str) -> None:
         )
 
 
-def _backbone_fields(cfg: Any) -> dict[str, Any]:
-    """Config fields that put ``model.backbone`` under the detector ``cfg.name`` (none when it is not set)."""
+def _backbone_fields(cfg: Any) -> tuple[dict[str, Any], TimmWeights | None]:
+    """Config fields that put ``model.backbone`` under the detector ``cfg.name`` (none when it is not set), and the
+    pretrained weights of a timm backbone to load once the model is built."""
     if not cfg.backbone:
         if cfg.backbone_args or cfg.backbone_pretrained:
             raise HftkError("model.backbone_args / model.backbone_pretrained: set model.backbone too (e.g. resnet18)")
-        return {}
+        return {}, None
     import timm
     from transformers import CONFIG_MAPPING
 
@@ -104,11 +114,14 @@ def _backbone_fields(cfg: Any) -> dict[str, Any]:
     if default is None:
         raise HftkError(f"model.backbone: a {cfg.name} model has no separate backbone; remove model.backbone")
     out_indices = list(cfg.backbone_args.get("out_indices", getattr(default, "out_indices", None) or [4]))
+    weights = None
     if timm.is_model(cfg.backbone):
+        if cfg.backbone_pretrained:
+            weights = timm_weights(cfg.backbone, None, "model.backbone")
         backbone = {
             "model_type": "timm_backbone",
             "backbone": cfg.backbone,
-            "use_pretrained_backbone": cfg.backbone_pretrained,
+            "use_pretrained_backbone": False,  # hftk loads them (build_detector): safetensors only, every tensor
             "num_channels": 3,
             "out_indices": out_indices,
             **{k: v for k, v in cfg.backbone_args.items() if k != "out_indices"},
@@ -135,7 +148,39 @@ def _backbone_fields(cfg: Any) -> dict[str, Any]:
     for name in CHANNEL_FIELDS:
         if name in AutoConfig.for_model(cfg.name).to_dict() and name not in cfg.model_args:
             fields[name] = channels
-    return fields
+    return fields, weights
+
+
+def load_backbone_weights(model: torch.nn.Module, weights: TimmWeights) -> None:
+    """Load a timm backbone's pretrained weights into the detector: every backbone tensor, with its shape, or an
+    error (the classifier head the features-only backbone lacks is the only thing left out)."""
+    from safetensors.torch import load_file
+
+    source = load_file(weights.file)
+    places = Counter(  # where the weights' names appear inside the detector's: the backbone's prefix
+        ".".join(parts[:i])
+        for parts in (k.split(".") for k in model.state_dict())
+        for i in range(len(parts))
+        if ".".join(parts[i:]) in source
+    )
+    if not places:
+        raise HftkError(f"model.backbone: none of the pretrained weights ({weights.source}) fit this detector")
+    prefix = places.most_common(1)[0][0]
+    backbone = model.get_submodule(prefix)
+    own = backbone.state_dict()
+    check_same_tensors(
+        {k: source[k] for k in own if k in source}, {k: tuple(v.shape) for k, v in own.items()}, weights.file
+    )
+    backbone.load_state_dict({k: source[k] for k in own}, strict=True)
+    if weights.packaged is not None:
+        setattr(model.config, CONFIG_KEY, {**weights.packaged.record(), "part": "backbone"})
+    left = len(source) - len(own)
+    logger.info(
+        "backbone: %d pretrained tensors loaded from %s (%d unused: the classifier head, batch-norm counters)",
+        len(own),
+        weights.source,
+        left,
+    )
 
 
 def _timm_channels(name: str, out_indices: list[int]) -> list[int]:

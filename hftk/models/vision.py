@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from hftk.errors import HftkError
-from hftk.models import error_line, load_model
+from hftk.errors import HftkError, error_line
+from hftk.models import load_model
+from hftk.models.packaged import CONFIG_KEY, PackagedWeights, get_packaged, offline_names, packaged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +85,16 @@ def _build_timm(cfg: Any, fields: dict, image_size: int | None) -> Any:
     if not timm.is_model(cfg.name):
         return None
     kwargs: dict[str, Any] = {"num_classes": fields["num_labels"], **cfg.model_args}
-    if cfg.pretrained:
-        kwargs["pretrained_cfg_overlay"] = {"file": _timm_safetensors(cfg)}
+    weights = timm_weights(cfg.name, cfg.revision, "model.name") if cfg.pretrained else None
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": weights.file, **weights.input}
     try:
         timm_model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
     except TypeError as err:
         raise HftkError(f"model.model_args: {err} (they are passed to timm.create_model('{cfg.name}'))") from None
     pretrained_cfg = {k: v for k, v in timm_model.pretrained_cfg.items() if _jsonable(v) and k != "file"}
+    if weights is not None and weights.packaged is not None:  # not timm's weights: drop what names those
+        pretrained_cfg = {k: v for k, v in pretrained_cfg.items() if k not in ("hf_hub_id", "url", "tag", "license")}
     if image_size:
         pretrained_cfg.update(input_size=[3, image_size, image_size], crop_pct=1.0)
     config = TimmWrapperConfig(
@@ -98,33 +103,71 @@ def _build_timm(cfg: Any, fields: dict, image_size: int | None) -> Any:
         pretrained_cfg=pretrained_cfg,
         **fields,
     )
+    if weights is not None:  # where the weights come from: an adapter run reloads its base from there
+        config.name_or_path = weights.source
+        if weights.packaged is not None:
+            setattr(config, CONFIG_KEY, weights.packaged.record())  # the card names the weights and their license
     model = TimmWrapperForImageClassification(config)
     # The wrapper re-initialises weights the transformers way (std 0.02); keep timm's own init or weights.
     model.timm_model.load_state_dict(timm_model.state_dict())
-    if cfg.pretrained:  # where the weights come from: an adapter run reloads its base from there
-        model.config._name_or_path = timm_model.pretrained_cfg.get("hf_hub_id") or ""
     return model
 
 
-def _timm_safetensors(cfg: Any) -> str:
-    """The local path of a timm model's ``model.safetensors`` on the Hub: hftk never unpickles weights."""
+_INPUT = ("input_size", "interpolation", "crop_pct", "mean", "std")
+
+
+@dataclass
+class TimmWeights:
+    """Where a timm model's pretrained weights come from: a safetensors file and the input they expect."""
+
+    file: str  # model.safetensors
+    source: str  # a Hub id or a folder that from_pretrained loads (an adapter's base)
+    input: dict[str, Any]  # the input they expect: pretrained_cfg's input_size, interpolation, crop_pct, mean, std
+    packaged: PackagedWeights | None = None
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self.input.get("mean", [0.485, 0.456, 0.406]))
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.input.get("std", [0.229, 0.224, 0.225]))
+
+
+def timm_weights(name: str, revision: str | None, key: str) -> TimmWeights:
+    """The pretrained weights of timm model ``name``: from the Hub (or its local cache), else from a pip package.
+
+    hftk never unpickles weights: timm's own come as ``model.safetensors`` from the Hub; packaged ones are converted
+    to safetensors once (``hftk.models.packaged``). Without either, one line says what is available offline.
+    """
     from huggingface_hub import hf_hub_download
     from timm.models import get_pretrained_cfg
 
-    pretrained = get_pretrained_cfg(cfg.name)
+    pretrained = get_pretrained_cfg(name)
     hub_id = getattr(pretrained, "hf_hub_id", None) if pretrained is not None else None
-    if not hub_id:
-        raise HftkError(
-            f"model.name '{cfg.name}' with model.pretrained=true: timm publishes these weights only as a pickle "
-            "(.pth); hftk loads safetensors only. Pick a tagged name on the Hub (e.g. resnet50.a1_in1k)"
-        )
-    try:
-        return hf_hub_download(hub_id, "model.safetensors", revision=cfg.revision)
-    except Exception as err:  # offline (LocalEntryNotFoundError), missing file (EntryNotFoundError), HTTP errors
-        raise HftkError(
-            f"model.name '{cfg.name}' with model.pretrained=true: could not fetch {hub_id}/model.safetensors "
-            f"({error_line(err)[:160]}); connect to the Hub once, or set model.name to a local folder"
-        ) from None
+    packaged = get_packaged(name)
+    problem = "timm publishes these weights only as a pickle (.pth)"
+    if hub_id:
+        try:
+            file = hf_hub_download(hub_id, "model.safetensors", revision=revision)
+            own = {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained.to_dict().items() if k in _INPUT}
+            return TimmWeights(file, hub_id, own)
+        except Exception as err:  # offline (LocalEntryNotFoundError), missing file (EntryNotFoundError), HTTP errors
+            problem = f"could not fetch {hub_id}/model.safetensors ({error_line(err)[:120]})"
+    if packaged is not None:
+        folder = packaged_folder(packaged.name)
+        return TimmWeights(str(folder / "model.safetensors"), str(folder), packaged.settings["input"], packaged)
+    raise HftkError(
+        f"{key} '{name}' with pretrained weights: {problem}; offline, pip packages ship weights for "
+        f"{', '.join(offline_timm_names())}; else connect to the Hub once, or use a local folder"
+    )
+
+
+def offline_timm_names() -> list[str]:
+    """timm architectures whose pretrained weights a pip package can supply."""
+    import timm
+
+    return [name for name in offline_names() if timm.is_model(name)]
 
 
 def _jsonable(value: Any) -> bool:

@@ -90,6 +90,9 @@ class ImageDataConfig(DataConfig):
     image_column: str = _field("image", "column holding the images")
     label_column: str = _field("label", "column holding the class labels")
     image_size: int | None = _field(None, "square input size; None: the model's own (224 for most)")
+    samples_per_class: int | None = _field(
+        None, "label budget: keep at most this many training images per class (drawn with split_seed); None: all"
+    )
     on_bad_image: Literal["skip", "error"] = _field("skip", "unreadable images: skip with a warning, or stop")
     augment: AugmentConfig = _field(AugmentConfig(), "training augmentation")
 

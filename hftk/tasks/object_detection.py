@@ -138,6 +138,9 @@ class DetectionDataConfig(DataConfig):
     label_names: list[str] | None = _field(None, "names of integer category ids 0..K-1 when the data has none")
     image_size: int | None = _field(None, "square side the processor resizes images to; None: the model's own")
     on_bad_image: Literal["error", "skip"] = _field("error", "an unreadable image: stop naming it, or skip it")
+    on_bad_box: Literal["drop", "error"] = _field(
+        "drop", "a box with a negative size or a non-finite number: drop it (counted in the log), or stop naming it"
+    )
     shapes: ShapesConfig = _field(ShapesConfig(), "the embedded shapes set")
     augment: DetectionAugmentConfig = _field(DetectionAugmentConfig(), "training augmentation")
 
