@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hftk-export-") as folder:
         for task_id, (label, model) in [(t, m) for t in args.tasks for m in _models(t)]:
             task = get_task(task_id)
-            name = Path(task.DEFAULT_RECIPE).stem + ("" if label == "default" else f" + model.name={label}")
+            name = Path(task.default_recipe).stem + ("" if label == "default" else f" + model.name={label}")
             run = Path(folder) / f"{task_id}-{label}"
             steps = [
                 *model,
@@ -50,7 +50,7 @@ def main() -> None:
                 "budget.minutes=null",
                 "train.load_best_model_at_end=false",
             ]
-            train_run(str(task.DEFAULT_RECIPE), steps, run)
+            train_run(str(task.default_recipe), steps, run)
             try:
                 report = export_run(run)
             except HftkError as err:

@@ -152,7 +152,7 @@ def _hftk_trainer(steps: int, batch: int, out: Path):
     data = task.load_data(recipe)
     model, processor = task.build_model(recipe, data)
     datasets = task.prepare_datasets(recipe, data, processor)
-    args = build_training_arguments(recipe, out / "hftk", task.TRAINING_ARGUMENTS)
+    args = build_training_arguments(recipe, out / "hftk", task.training_arguments)
     return task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, []))
 
 

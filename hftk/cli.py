@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         metrics = read_metrics(run_dir)
         print(f"\n{recipe.name}: {recipe.eval.split} split ({metrics.get('num_examples', '?')} examples)")
-        print(metrics_table(metrics, get_task(recipe.task).HEADLINE))
+        print(metrics_table(metrics, get_task(recipe.task).headline))
         print(f"\nrun folder: {run_dir}  (report: {run_dir / 'eval' / 'report.md'})")
         print(f"open the demo:  hftk demo {run_dir}")
     return 0
@@ -56,24 +56,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from hftk.evaluation import evaluate_run, load_run_recipe, metrics_table
-    from hftk.tasks import get_task
+    from hftk.evaluation import metrics_table
+    from hftk.runs import evaluate_run, load_run
 
     metrics = evaluate_run(args.run_dir, args.split)
-    task = get_task(load_run_recipe(args.run_dir).task)
-    print(metrics_table(metrics, task.HEADLINE))
+    print(metrics_table(metrics, load_run(args.run_dir)[1].headline))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from hftk.evaluation import load_run_recipe, require_model
-    from hftk.tasks import get_task
+    from hftk.runs import load_run
     from hftk.tasks.contract import parse_predict_options
 
-    recipe = load_run_recipe(args.run_dir)
-    require_model(Path(args.run_dir))
-    task = get_task(recipe.task)
-    options = parse_predict_options(task, _option_pairs(args.options))
+    _, task = load_run(args.run_dir)
+    options = parse_predict_options(task.task, _option_pairs(args.options), task.predict)
     stream = None if args.json else sys.stdout  # people read results as they come; --json prints objects
     results = task.predict(Path(args.run_dir), args.inputs, stream=stream, **options)
     if args.json:
@@ -83,18 +79,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from hftk.evaluation import load_run_recipe, require_model
-    from hftk.tasks import get_task
+    from hftk.runs import load_run
     from hftk.tasks.contract import parse_predict_options
 
-    recipe = load_run_recipe(args.run_dir)
-    require_model(Path(args.run_dir))
-    task = get_task(recipe.task)
-    if not hasattr(task, "chat"):
+    _, task = load_run(args.run_dir)
+    if task.chat is None:
         raise HftkError(
-            f"{args.run_dir}: {task.TASK} runs have no interactive mode; use `hftk predict` or `hftk demo`"
+            f"{args.run_dir}: {task.task} runs have no interactive mode; use `hftk predict` or `hftk demo`"
         )
-    options = parse_predict_options(task, _option_pairs(args.options), function=task.chat)
+    options = parse_predict_options(task.task, _option_pairs(args.options), task.chat)
     task.chat(Path(args.run_dir), input_fn=input, output=sys.stdout, **options)
     return 0
 
@@ -123,7 +116,7 @@ def _predict_epilog() -> str:
 
     lines = ["options by the run's task (--name value):"]
     for task_id in TASKS:
-        options = predict_options(get_task(task_id))
+        options = predict_options(get_task(task_id).predict)
         shown = ", ".join(f"--{k.replace('_', '-')} ({d})" for k, (_, d) in options.items()) or "none"
         lines.append(f"  {task_id}: {shown}")
     return "\n".join(lines)
@@ -137,8 +130,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from hftk.evaluation import load_run_recipe
     from hftk.hub import push_run
+    from hftk.runs import load_run_recipe
 
     recipe = load_run_recipe(args.run_dir)
     private = recipe.hub.private if args.private is None else args.private
@@ -173,16 +166,15 @@ def _export(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     import transformers
 
-    from hftk.evaluation import load_run_recipe, read_metrics
+    from hftk.evaluation import read_metrics
     from hftk.hub import write_model_card
     from hftk.models.adapters import merge_run
-    from hftk.tasks import get_task
+    from hftk.runs import load_run, load_run_recipe
 
-    recipe = load_run_recipe(args.run_dir)
-    task = get_task(recipe.task)
-    out = merge_run(Path(args.run_dir), Path(args.out_dir), getattr(transformers, task.AUTO_MODEL))
+    _, task = load_run(args.run_dir, need_model=False)
+    out = merge_run(Path(args.run_dir), Path(args.out_dir), getattr(transformers, task.auto_model))
     write_model_card(out, load_run_recipe(out), read_metrics(out))
-    print(f"merged model written to {out}; it loads with {task.AUTO_MODEL}.from_pretrained('{out}')")
+    print(f"merged model written to {out}; it loads with {task.auto_model}.from_pretrained('{out}')")
     return 0
 
 
@@ -202,8 +194,9 @@ def _recipes(args: argparse.Namespace) -> int:
     if args.keys is not None:
         task_ids = [args.keys] if args.keys else list(TASKS)
         for task_id in task_ids:
-            print(f"# keys of task {task_id}")
-            for key, default, help_text in describe_keys(get_task(task_id)):
+            spec = get_task(task_id)
+            print(f"# keys of task {task_id} (also offers: {', '.join(spec.offers()) or 'nothing more'})")
+            for key, default, help_text in describe_keys(spec):
                 print(f"  {key:38} {default:14} {help_text}")
         return 0
     for path in sorted(RECIPES_DIR.glob("*/*.yaml")):
@@ -346,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
     try:
+        if args.command != "recipes":  # commands that build or load models: transformers knows hftk's types
+            from hftk.models.registration import register
+
+            register()
         return args.func(args)
     except HftkError as err:
         print(f"hftk: error: {err}", file=sys.stderr)

@@ -1,10 +1,8 @@
-"""Recipes: a YAML file plus dotted ``KEY=VALUE`` overrides, validated into dataclasses.
+"""Recipes: a YAML file plus dotted ``KEY=VALUE`` overrides, validated into the dataclasses of ``hftk.sections``.
 
-A recipe has the sections ``task``, ``model``, ``data``, ``train``, ``eval``, ``budget``, ``regularization``, ``hub``
-and ``demo``.
-``train`` holds ``transformers.TrainingArguments`` fields under their own names and is passed through; every
-other section is a dataclass below (a task may extend ``model`` and ``data`` with fields of its own). Unknown
-keys and wrong types are errors that name the key and suggest the closest valid one.
+``train`` holds ``transformers.TrainingArguments`` fields under their own names and is checked against the task's
+``training_arguments`` class; every other section is a dataclass (the task's own where its spec declares one).
+Unknown keys and wrong types are errors that name the key and suggest the closest valid one.
 
 Usage:
     recipe = load_recipe("recipes/image-classification/resnet-mnist.yaml", ["train.learning_rate=3e-4"])
@@ -12,159 +10,25 @@ Usage:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import functools
 import logging
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
+from hftk import tasks
 from hftk.errors import HftkError, did_you_mean
+from hftk.sections import BASE_SECTION_CLASSES, RECIPES_DIR, SECTIONS, TRAIN_DEFAULTS, Recipe
+from hftk.tasks.contract import TaskSpec
+
+__all__ = ["RECIPES_DIR", "Recipe", "describe_keys", "load_recipe", "parse_overrides", "resolve_recipe_path"]
 
 logger = logging.getLogger(__name__)
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped inside the package; ./recipes links here
-
-
-def _field(default: Any, help: str, per_architecture: bool = False, **kwargs: Any) -> Any:
-    """A dataclass field whose ``help`` is shown by ``hftk recipes --keys``.
-
-    ``per_architecture``: a model setting that belongs to the recipe's ``model.name`` (config fields, a backbone);
-    a ``model.name=...`` override that names another model drops the recipe's value of it.
-    """
-    metadata = {"help": help, "per_architecture": per_architecture}
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
-
-
-@dataclass
-class PeftConfig:
-    """A PEFT adapter trained instead of the full model (the base stays frozen; the task's head trains in full)."""
-
-    method: Literal["none", "lora", "dora", "ia3", "loha", "lokr"] = _field(
-        "none", "adapter type (none: full training)"
-    )
-    r: int = _field(8, "rank of the LoRA/DoRA/LoHa/LoKr update")
-    alpha: int = _field(16, "scaling of the update (alpha / r)")
-    dropout: float = _field(0.05, "dropout on the adapter's input")
-    target_modules: list[str] | None = _field(None, "layers to adapt (None: the architecture's sensible default)")
-    quantize: Literal["none", "4bit"] = _field(
-        "none", "4bit: QLoRA, the pretrained base in 4-bit NF4 (bitsandbytes; text tasks), the adapter trains"
-    )
-
-
-@dataclass
-class ModelConfig:
-    """Which network to train and how to initialise it."""
-
-    name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
-    pretrained: bool = _field(False, "load pretrained weights (Hub or local folder) instead of a random init")
-    model_args: dict = _field(
-        {}, "extra arguments: timm.create_model kwargs, or transformers config fields", per_architecture=True
-    )
-    freeze: str | int = _field(
-        "none", "none, backbone (train only the head), or N: freeze the stem/embeddings and the first N blocks"
-    )
-    gradual_unfreeze: int = _field(0, "unfreeze this many frozen layers (from the top) at each new epoch (0: off)")
-    backbone_lr_multiplier: float = _field(1.0, "learning-rate factor of everything but the head (e.g. 0.1)")
-    layer_decay: float | None = _field(
-        None, "layer-wise learning-rate decay: layer i of L (stem first) trains at lr x decay^(L - i), e.g. 0.75"
-    )
-    peft: PeftConfig = _field(PeftConfig(), "train a PEFT adapter (LoRA...) on the pretrained model")
-    channels_last: bool | None = _field(None, "channels-last memory for convolutions (None: on for CNNs on a GPU)")
-    revision: str | None = _field(None, "Hub revision (branch, tag or commit) of a pretrained model")
-    trust_remote_code: bool = _field(False, "allow code from the model's Hub repo to run (off: safer)")
-
-
-@dataclass
-class DataConfig:
-    """Where the examples come from and how they are split."""
-
-    name: str | None = _field(None, "embedded data set name or Hub dataset id")
-    path: str | None = _field(None, "local folder or file (used instead of name)")
-    config_name: str | None = _field(None, "Hub dataset configuration name")
-    revision: str | None = _field(None, "Hub dataset revision")
-    train_split: str = _field("train", "split used for training")
-    validation_split: str | None = _field("validation", "validation split; carved from train when missing")
-    test_split: str | None = _field("test", "held-out split for the final evaluation; carved when missing")
-    validation_size: float = _field(0.1, "fraction of train carved out for validation when there is none")
-    test_size: float = _field(0.1, "fraction of train carved out as test when there is none")
-    split_seed: int = _field(42, "seed of the validation/test carving (fixed splits stay fixed)")
-    max_train_samples: int | None = _field(None, "truncate the training split (quick tries)")
-    max_eval_samples: int | None = _field(None, "truncate the validation and test splits")
-
-
-@dataclass
-class EvalConfig:
-    """The evaluation that ends training and that `hftk evaluate` runs."""
-
-    split: str = _field("test", "split evaluated after training and by default in `hftk evaluate`")
-    batch_size: int = _field(64, "evaluation batch size")
-    worst_examples: int = _field(16, "how many of the most confident mistakes to keep")
-    early_stopping_patience: int | None = _field(
-        None, "stop after this many evaluations without improving train.metric_for_best_model (None: off)"
-    )
-
-
-@dataclass
-class BudgetConfig:
-    """Train for a wall-clock time instead of a number of steps."""
-
-    minutes: float | None = _field(
-        None,
-        "stop training after this many minutes; without train.max_steps the LR schedule follows elapsed time "
-        "(results then depend on the machine's speed), with it the schedule follows steps",
-    )
-
-
-@dataclass
-class RegularizationConfig:
-    """Regularization for every task (weight decay, label smoothing and clipping are `train:` fields)."""
-
-    ema_decay: float | None = _field(
-        None, "keep a moving average of the weights with this decay (e.g. 0.999); the saved model is the average"
-    )
-    l1: float = _field(0.0, "L1 penalty strength on weight matrices (0: off), e.g. 1e-5")
-    dropout: float | None = _field(None, "set every dropout probability of the model to this (None: the model's)")
-
-
-@dataclass
-class HubConfig:
-    """Publishing to the Hugging Face Hub (`hftk push`). The token comes from HF_TOKEN or `hf auth login`."""
-
-    model_id: str | None = _field(None, "Hub repo id, e.g. user/mnist-resnet")
-    private: bool = _field(True, "create the repo as private")
-    push: bool = _field(
-        False, "push the run to hub.model_id when training ends (checkpoints as train.hub_strategy says)"
-    )
-    license: str = _field("apache-2.0", "license in the model card (match it to your data and base model)")
-
-
-@dataclass
-class DemoConfig:
-    """The Gradio demo (`hftk demo`)."""
-
-    host: str = _field("127.0.0.1", "interface to bind; 0.0.0.0 exposes the demo to the network")
-    port: int | None = _field(None, "port (None: the first free one from 7860)")
-    examples: int = _field(8, "how many test examples the demo offers")
-
-
-# hftk's defaults for `train:`; a recipe's own keys win. Every key is a TrainingArguments field.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "report_to": ["tensorboard"],  # TensorBoard events under <run>/runs
-    "logging_steps": 10,
-    "save_total_limit": 2,  # keep the newest checkpoints (the best one is kept too)
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "remove_unused_columns": False,  # tasks feed exactly the columns the model needs
-}
 
 # TrainingArguments fields that hftk owns: set from the CLI or never at all.
 _RESERVED_TRAIN_KEYS = {
@@ -175,53 +39,9 @@ _RESERVED_TRAIN_KEYS = {
 }
 
 
-@dataclass
-class Recipe:
-    """A fully resolved recipe: what `hftk train` runs and what a run folder records."""
-
-    task: str
-    model: ModelConfig
-    data: DataConfig
-    train: dict[str, Any]
-    eval: EvalConfig
-    budget: BudgetConfig
-    regularization: RegularizationConfig
-    hub: HubConfig
-    demo: DemoConfig
-    name: str = "run"
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data, in section order, ready for YAML (no secrets: recipes hold none)."""
-        out: dict[str, Any] = {"task": self.task, "name": self.name}
-        for section in ("model", "data", "train", "eval", "budget", "regularization", "hub", "demo"):
-            value = getattr(self, section)
-            out[section] = dict(value) if isinstance(value, dict) else dataclasses.asdict(value)
-        return out
-
-    def save(self, path: Path) -> None:
-        """Write the resolved recipe as YAML (the run's `recipe.yaml`)."""
-        header = f"# Resolved recipe of run '{self.name}' (from {self.source or 'defaults'}).\n"
-        path.write_text(header + yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-SECTIONS = ("model", "data", "eval", "budget", "regularization", "hub", "demo")
-BASE_SECTION_CLASSES: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "eval": EvalConfig,
-    "budget": BudgetConfig,
-    "regularization": RegularizationConfig,
-    "hub": HubConfig,
-    "demo": DemoConfig,
-}
-
-
-def section_classes(task_module: Any) -> dict[str, type]:
+def section_classes(spec: TaskSpec) -> dict[str, type]:
     """The dataclass of each section for a task (its own ModelConfig/DataConfig when it has them)."""
-    classes = dict(BASE_SECTION_CLASSES)
-    classes.update(getattr(task_module, "CONFIG_CLASSES", {}))
-    return classes
+    return {**BASE_SECTION_CLASSES, **spec.config_classes}
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -277,10 +97,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def resolve_recipe_path(recipe: str) -> Path:
     """A YAML path, a task id (its default recipe), or ``<task>/<name>`` of a shipped recipe."""
-    from hftk import tasks
-
     if recipe in tasks.TASKS:
-        return tasks.get_task(recipe).DEFAULT_RECIPE
+        return tasks.get_task(recipe).default_recipe
     path = Path(recipe)
     if path.is_file():
         return path
@@ -317,8 +135,6 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
 
 def _validated(raw: dict[str, Any], path: Path) -> Recipe:
     """``raw`` (a recipe file's mapping, overrides merged in) checked key by key into a Recipe."""
-    from hftk import tasks
-
     where = str(path)
     known = {"task", "name", "train", *SECTIONS}
     for key in raw:
@@ -335,8 +151,8 @@ def _validated(raw: dict[str, Any], path: Path) -> Recipe:
         if not isinstance(value, dict):
             raise HftkError(f"{where}: {name}: expected a section of 'key: value' lines, got {value!r}")
         sections[name] = build_dataclass(cls, value, f"{where}: {name}")
-    train = validate_train(raw.get("train") or {}, where, task.TRAINING_ARGUMENTS)
-    train = {**TRAIN_DEFAULTS, **getattr(task, "TRAIN_DEFAULTS", {}), **train}
+    train = validate_train(raw.get("train") or {}, where, task.training_arguments)
+    train = {**TRAIN_DEFAULTS, **task.train_defaults, **train}
     name = raw.get("name") or path.stem
     return Recipe(task=task_id, train=train, name=str(name), source=str(path), **sections)
 
@@ -344,8 +160,6 @@ def _validated(raw: dict[str, Any], path: Path) -> Recipe:
 def _for_another_model(raw: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The recipe without its per-architecture model settings when the overrides name another model: the recipe's
     RT-DETR config fields mean nothing to a DETR (``hftk train object-detection model.name=detr``)."""
-    from hftk import tasks
-
     model, new = raw.get("model"), extra.get("model")
     if not isinstance(model, dict) or not isinstance(new, dict) or new.get("name") in (None, model.get("name")):
         return raw
@@ -493,14 +307,14 @@ def _accepts_str(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType) and any(_accepts_str(a) for a in typing.get_args(tp))
 
 
-def describe_keys(task_module: Any) -> list[tuple[str, str, str]]:
+def describe_keys(spec: TaskSpec) -> list[tuple[str, str, str]]:
     """(key, default, help) for every recipe key of a task: the CLI's reference documentation."""
     rows = [("task", "", "task id (see `hftk recipes`)")]
-    for section, cls in section_classes(task_module).items():
+    for section, cls in section_classes(spec).items():
         rows.extend(_describe(cls, section))
-    arguments = task_module.TRAINING_ARGUMENTS
+    arguments = spec.training_arguments
     rows.append(("train.*", "", f"any transformers.{arguments.__name__} field, passed through"))
-    for key, value in {**TRAIN_DEFAULTS, **getattr(task_module, "TRAIN_DEFAULTS", {})}.items():
+    for key, value in {**TRAIN_DEFAULTS, **spec.train_defaults}.items():
         rows.append((f"train.{key}", repr(value), "hftk default"))
     return rows
 

@@ -79,18 +79,16 @@ class NamedOutputs(torch.nn.Module):
 
 def export_run(run_dir: Path, fmt: str = "onnx", out_dir: Path | None = None, batch_size: int = 8) -> dict:
     """Export ``run_dir``'s model, check parity and latency, and return the report written to ``export.json``."""
-    from hftk.evaluation import load_run_recipe, require_model
+    from hftk.runs import load_run
     from hftk.tasks import TASKS, get_task
 
     run_dir = Path(run_dir)
-    recipe = load_run_recipe(run_dir)
-    require_model(run_dir)
+    _, task = load_run(run_dir)
     if fmt not in FORMATS:
         raise HftkError(f"--format {fmt}: not supported; supported formats: {', '.join(FORMATS)}")
-    task = get_task(recipe.task)
-    if not hasattr(task, "onnx_graphs"):
-        able = [t for t in TASKS if hasattr(get_task(t), "onnx_graphs")]
-        raise HftkError(f"{task.TASK} runs cannot be exported to ONNX yet; tasks that can: {', '.join(able)}")
+    if task.onnx_graphs is None:
+        able = [t for t in TASKS if get_task(t).onnx_graphs is not None]
+        raise HftkError(f"{task.task} runs cannot be exported to ONNX yet; tasks that can: {', '.join(able)}")
     for module in ("onnxscript", "onnxruntime"):
         if importlib.util.find_spec(module) is None:
             raise HftkError(f"hftk export needs {module}: pip install 'hftk[export]'")
@@ -99,7 +97,7 @@ def export_run(run_dir: Path, fmt: str = "onnx", out_dir: Path | None = None, ba
     for name in COPIED:
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out_dir / name)
-    report = {"run": str(run_dir), "task": task.TASK, "format": fmt, "graphs": []}
+    report = {"run": str(run_dir), "task": task.task, "format": fmt, "graphs": []}
     for graph in task.onnx_graphs(run_dir, batch_size):
         path = out_dir / f"{graph.name}.onnx"
         export_graph(graph, path)

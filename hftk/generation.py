@@ -1,6 +1,7 @@
 """Text generation shared by the tasks that write text (decoder-only and encoder-decoder models alike).
 
-- ``generation_options``: checked ``generate()`` arguments from the CLI, the demo or a recipe.
+- ``DecodingOptions``: how text is generated, one dataclass for the recipe, the CLI, the demos; checked
+  ``generate()`` arguments from it.
 - ``fit_to_context``: a decoder-only prompt and its new tokens made to fit the model's positions, so generation
   stops at the context instead of indexing past it (any ``block_size``).
 - ``stream_generate``: text pieces as they are generated, in a thread, with a stop flag (demo stop button).
@@ -16,13 +17,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, TrainerCallback
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, TrainerCallback
 
 from hftk.errors import HftkError
+from hftk.sections import setting
 
 logger = logging.getLogger(__name__)
 
@@ -40,38 +43,99 @@ def context_length(config: Any) -> int | None:
     return None
 
 
-def generation_options(
-    max_new_tokens: int | None = 100,
-    temperature: float | None = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = 0.95,
-    repetition_penalty: float | None = None,
-    num_beams: int | None = None,
-    no_repeat_ngram_size: int | None = None,
-) -> dict[str, Any]:
-    """``generate()`` keyword arguments, checked (temperature 0 means greedy, or beam search with num_beams)."""
-    if max_new_tokens is None or max_new_tokens < 1:
-        raise HftkError(f"max_new_tokens {max_new_tokens}: expected a positive number of tokens")
-    if temperature is not None and temperature < 0:
-        raise HftkError(f"temperature {temperature}: expected 0 (greedy) or more")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise HftkError(f"top_p {top_p}: expected a probability in (0, 1]")
-    if top_k is not None and top_k < 0:
-        raise HftkError(f"top_k {top_k}: expected 0 (off) or a positive number")
-    if repetition_penalty is not None and repetition_penalty <= 0:
-        raise HftkError(f"repetition_penalty {repetition_penalty}: expected a positive number (1: none)")
-    if num_beams is not None and num_beams < 1:
-        raise HftkError(f"num_beams {num_beams}: expected 1 or more")
-    if no_repeat_ngram_size is not None and no_repeat_ngram_size < 0:
-        raise HftkError(f"no_repeat_ngram_size {no_repeat_ngram_size}: expected 0 (off) or more")
-    options: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "repetition_penalty": repetition_penalty or 1.0}
-    if num_beams:
-        options["num_beams"] = int(num_beams)
-    if no_repeat_ngram_size:
-        options["no_repeat_ngram_size"] = int(no_repeat_ngram_size)
-    if not temperature:
-        return {**options, "do_sample": False}
-    return {**options, "do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How text is generated, in one place: a recipe's ``model.generation``, the options of `hftk predict` and
+    `hftk chat`, and the demos' controls. A field left at None is not set here: the run's own setting applies (or
+    ``generate()``'s default)."""
+
+    max_new_tokens: int | None = setting(None, "longest answer (or continuation), in tokens")
+    temperature: float | None = setting(None, "0: greedy (or beam search); above 0: sampling at this temperature")
+    top_k: int | None = setting(None, "sample from the k most likely tokens (0: off)")
+    top_p: float | None = setting(None, "nucleus sampling: the smallest set of tokens with this probability")
+    repetition_penalty: float | None = setting(None, "penalise tokens already generated (1: off)")
+    num_beams: int | None = setting(None, "beam search width (1: greedy or sampling; beams do not stream)")
+    no_repeat_ngram_size: int | None = setting(None, "never repeat an n-gram of this size (0: off)")
+    seed: int | None = setting(None, "seed of the sampling (None: random)")
+
+    def over(self, base: DecodingOptions) -> DecodingOptions:
+        """These options where set, ``base``'s elsewhere."""
+        return DecodingOptions(**{**_set(base), **_set(self)})
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """``generate()`` keyword arguments, checked (temperature 0 or unset means greedy, or beam search)."""
+        self.check()
+        options: dict[str, Any] = {
+            "max_new_tokens": int(self.max_new_tokens),
+            "repetition_penalty": self.repetition_penalty or 1.0,
+        }
+        if self.num_beams:
+            options["num_beams"] = int(self.num_beams)
+        if self.no_repeat_ngram_size:
+            options["no_repeat_ngram_size"] = int(self.no_repeat_ngram_size)
+        if not self.temperature:
+            return {**options, "do_sample": False}
+        sampling = {"temperature": self.temperature, "top_k": self.top_k or 0, "top_p": self.top_p or 1.0}
+        if self.seed is None or (self.num_beams or 1) > 1:
+            return {**options, "do_sample": True, **sampling}
+        # a seed: this request draws from its own generator, never from the process-wide one other requests share
+        return {
+            **options,
+            "do_sample": False,
+            "logits_processor": LogitsProcessorList([SeededSampler(self.seed, **sampling)]),
+        }
+
+    def check(self) -> None:
+        """One line naming the first option out of range."""
+        if self.max_new_tokens is None or self.max_new_tokens < 1:
+            raise HftkError(f"max_new_tokens {self.max_new_tokens}: expected a positive number of tokens")
+        problems = [
+            (self.temperature is not None and self.temperature < 0, "temperature", "0 (greedy) or more"),
+            (self.top_p is not None and not 0 < self.top_p <= 1, "top_p", "a probability in (0, 1]"),
+            (self.top_k is not None and self.top_k < 0, "top_k", "0 (off) or a positive number"),
+            (
+                self.repetition_penalty is not None and self.repetition_penalty <= 0,
+                "repetition_penalty",
+                "a positive number (1: none)",
+            ),
+            (self.num_beams is not None and self.num_beams < 1, "num_beams", "1 or more"),
+            (
+                self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0,
+                "no_repeat_ngram_size",
+                "0 (off) or more",
+            ),
+        ]
+        for bad, name, expected in problems:
+            if bad:
+                raise HftkError(f"{name} {getattr(self, name)}: expected {expected}")
+
+
+class SeededSampler(LogitsProcessor):
+    """Draws the next token with its own ``torch.Generator`` and leaves only that token, which ``generate()`` (run
+    greedy) then takes: a seeded request samples repeatably without touching torch's global generator.
+
+    ``generate()`` takes no generator, and seeding the global one from a demo's generation thread made concurrent
+    requests share (and reset) one random stream.
+    """
+
+    def __init__(self, seed: int, temperature: float, top_k: int, top_p: float):
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(self.warpers(input_ids, scores).float(), dim=-1).cpu()
+        token = torch.multinomial(probs, 1, generator=self.generator).to(scores.device)
+        return torch.full_like(scores, -float("inf")).scatter_(1, token, 0.0)
+
+
+def _set(options: DecodingOptions) -> dict[str, Any]:
+    return {f.name: getattr(options, f.name) for f in fields(options) if getattr(options, f.name) is not None}
 
 
 def fit_to_context(ids: list[int], max_new_tokens: int, context: int | None) -> tuple[list[int], int]:
@@ -107,7 +171,6 @@ def stream_generate(
     tokenizer: Any,
     inputs: dict[str, torch.Tensor],
     stop: threading.Event | None = None,
-    seed: int | None = None,
     **kwargs: Any,
 ) -> Iterator[str]:
     """Yield the new text piece by piece as ``model.generate(**inputs, **kwargs)`` produces it.
@@ -126,8 +189,6 @@ def stream_generate(
 
     def run() -> None:
         try:
-            if seed is not None:
-                torch.manual_seed(seed)
             with torch.no_grad():
                 result["out"] = model.generate(
                     **inputs,

@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hftk.config import Recipe
 from hftk.errors import HftkError
+from hftk.sections import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ def write_model_card(
     task = get_task(recipe.task)
     dataset = recipe.data.name or Path(recipe.data.path or "local").name
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    headline = [k for k in task.HEADLINE if k in numbers]
+    headline = [k for k in task.headline if k in numbers]
     split = metrics.get("split", recipe.eval.split)
     results = [
         EvalResult(
-            task_type=task.PIPELINE_TAG,
+            task_type=task.pipeline_tag,
             dataset_type=dataset,
             dataset_name=dataset,
             dataset_split=split,
@@ -73,7 +73,7 @@ def write_model_card(
     base_model = _base_model(recipe) or (packaged or {}).get("hub_id")
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag=task.PIPELINE_TAG,
+        pipeline_tag=task.pipeline_tag,
         tags=["hftk", recipe.task, *([recipe.model.name] if "/" not in recipe.model.name else [])],
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model,
@@ -148,8 +148,8 @@ def _description(
         origin = f"fine-tuned from `{recipe.model.name}`"
     else:
         origin = "trained from scratch (random init)"
-    article = "An" if task.TASK[0] in "aeiou" else "A"
-    text = f"{article} **{task.TASK}** model (`{recipe.model.name}`), {origin} on `{dataset}` with [hftk]({HFTK_URL})."
+    article = "An" if task.task[0] in "aeiou" else "A"
+    text = f"{article} **{task.task}** model (`{recipe.model.name}`), {origin} on `{dataset}` with [hftk]({HFTK_URL})."
     counts = _read_json(run_dir / "all_results.json")
     if "total_parameters" in counts:
         share = 100 * counts["trainable_parameters"] / max(1, counts["total_parameters"])
@@ -200,9 +200,8 @@ def _usage(run_dir: Path, recipe: Recipe, task: Any) -> str:
     config = run_dir / "config.json"
     remote = ", trust_remote_code=True" if config.is_file() and "auto_map" in config.read_text() else ""
     note = "  # the folder carries its model's code" if remote else ""
-    pipeline_task = getattr(task, "PIPELINE_TASK", task.PIPELINE_TAG)  # transformers lacks some: the task registers
-    own = pipeline_task != task.PIPELINE_TAG
-    registers = [f"import {task.__name__}  # registers pipeline('{pipeline_task}')"] if own else []
+    pipeline_task = task.pipeline_task or task.pipeline_tag  # transformers lacks some: the task registers them
+    registers = ["import hftk", f"hftk.register()  # pipeline('{pipeline_task}')"] if task.pipeline_task else []
     return "\n".join(
         [
             "```python",
@@ -210,7 +209,7 @@ def _usage(run_dir: Path, recipe: Recipe, task: Any) -> str:
             *registers,
             "",
             f'pipe = pipeline("{pipeline_task}", model="{where}"{remote}){note}',
-            task.PIPELINE_EXAMPLE,
+            task.pipeline_example,
             "```",
             "",
             f"With hftk: `hftk predict {where} INPUT...`, `hftk demo {where}` (a local Gradio app), "

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from hftk.config import Recipe
 from hftk.errors import HftkError
+from hftk.sections import Recipe
 
 OPTIMIZER_STATES = {"adam": 2, "lion": 1, "sgd": 1, "rmsprop": 1, "adafactor": 0.1}  # fp32 states per parameter
 
@@ -48,7 +48,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
             "load_best_model_at_end": False,
             "push_to_hub": False,
         }
-        args = build_training_arguments(_with_train(recipe, values), Path(folder), task.TRAINING_ARGUMENTS)
+        args = build_training_arguments(_with_train(recipe, values), Path(folder), task.training_arguments)
         trainer = task.build_trainer(TrainerInputs(recipe, model, processor, datasets, args, []))
         batch = next(iter(trainer.get_train_dataloader()))
         activations, seconds = _measured_steps(trainer, batch)

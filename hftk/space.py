@@ -72,8 +72,8 @@ SKIP = ("checkpoint-*", "runs", "onnx", "*.bin", "*.pt", "*.pth", "*.tmp", "__py
 
 def write_space(run_dir: Path, out_dir: Path, model_id: str | None = None, overwrite: bool = False) -> Path:
     """Write the Space folder for ``run_dir`` into ``out_dir`` (which must be new or empty, unless ``overwrite``)."""
-    from hftk.evaluation import load_run_recipe, require_model
     from hftk.hub import check_repo_id
+    from hftk.runs import load_run_recipe, require_model
 
     recipe = load_run_recipe(run_dir)
     if model_id is None:

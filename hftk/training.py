@@ -13,13 +13,13 @@ test evaluation and model card. The task builds the Trainer itself (``build_trai
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ import torch
 from transformers import ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from hftk.config import Recipe, load_recipe
+from hftk import compat
+from hftk.config import load_recipe
 from hftk.errors import HftkError
 from hftk.models import count_parameters
 from hftk.models.parts import (
@@ -41,7 +42,8 @@ from hftk.models.parts import (
 )
 from hftk.regularization import build_callbacks as build_regularization
 from hftk.regularization import set_dropout
-from hftk.tasks import get_task
+from hftk.sections import Recipe
+from hftk.tasks import TASKS, get_task
 from hftk.tasks.contract import TrainerInputs
 
 logger = logging.getLogger(__name__)
@@ -200,9 +202,8 @@ class TimeBudget(TrainerCallback):
         self.started = self.clock()
 
     def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
-        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
-        if self.follow_clock and scheduler is not None and hasattr(scheduler, "lr_lambdas"):
-            scheduler.lr_lambdas = [self.factor] * len(scheduler.lr_lambdas)
+        if self.follow_clock and lr_scheduler is not None:
+            compat.set_lr_lambdas(lr_scheduler, self.factor)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.elapsed() >= self.seconds:
@@ -336,9 +337,12 @@ def _check_resume_recipe(recipe: Recipe, output_dir: Path) -> None:
 def prepare(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any]:
     """``(task, data, model, processor, datasets)``: everything a run needs before its Trainer (seeded)."""
     from hftk.models.adapters import check_quantization
+    from hftk.models.registration import register
 
+    register()  # the LSTM/GRU model type: its runs save with their code and load through the Auto classes
     task = get_task(recipe.task)
-    check_quantization(recipe, task)
+    quantizable = [t for t in TASKS if get_task(t).quantizable]
+    check_quantization(recipe, task.quantizable, quantizable)
     set_seed(recipe.train.get("seed", 42))
     data = task.load_data(recipe)
     model, processor = task.build_model(recipe, data)
@@ -370,25 +374,25 @@ def isolate_evaluation(trainer: Any) -> None:
 
     import numpy as np
 
-    evaluate = trainer.evaluate
+    def isolated(evaluate: Callable) -> Callable:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            states = random.getstate(), np.random.get_state()
+            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    return evaluate(*args, **kwargs)
+            finally:
+                random.setstate(states[0])
+                np.random.set_state(states[1])
 
-    @functools.wraps(evaluate)
-    def isolated(*args: Any, **kwargs: Any) -> Any:
-        states = random.getstate(), np.random.get_state()
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                return evaluate(*args, **kwargs)
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
+        return run
 
-    trainer.evaluate = isolated
+    compat.wrap_evaluate(trainer, isolated)
 
 
 def parts_of(task: Any, model: Any) -> ModelParts:
     """The task's reading of its model as layers and a head (the generic one, with no head, otherwise)."""
-    return task.model_parts(model) if hasattr(task, "model_parts") else model_parts(model)
+    return task.model_parts(model) if task.model_parts is not None else model_parts(model)
 
 
 def layer_training(recipe: Recipe, task: Any, model: Any, args: Any) -> tuple[tuple | None, list]:
@@ -429,8 +433,8 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     """
     from accelerate import PartialState
 
-    from hftk.evaluation import evaluate_run
     from hftk.hub import write_model_card
+    from hftk.runs import evaluate_run
 
     output_dir = Path(output_dir)
     state = PartialState(cpu=recipe.train.get("use_cpu", not _has_accelerator()))  # as TrainingArguments makes it
@@ -447,7 +451,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     task, data, model, processor, datasets = prepare(recipe)
     trainable, total = log_trainable(model)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
-    args = build_training_arguments(recipe, output_dir, task.TRAINING_ARGUMENTS)
+    args = build_training_arguments(recipe, output_dir, task.training_arguments)
     budget = _budget(recipe, args, checkpoint)
     if resume and state.is_main_process:
         _remove_incomplete_checkpoints(output_dir)
@@ -511,9 +515,7 @@ def _save_final_model(trainer: Any, output_dir: Path) -> None:
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
             plugin.set_state_dict_type("FULL_STATE_DICT")
-    # _internal_call: transformers pushes the folder on a user's save_model call when push_to_hub is on; hftk
-    # pushes the finished run itself (with its card and evaluation), once, after this save.
-    trainer.save_model(str(output_dir), _internal_call=True)
+    compat.save_model_without_push(trainer, output_dir)  # hftk pushes the finished run itself, with its card
     if hasattr(trainer.model, "peft_config") and trainer.args.should_save:
         from hftk.models.adapters import save_model_config
 

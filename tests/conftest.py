@@ -68,7 +68,7 @@ def pretrained_runs(tmp_path_factory):
     def get(task_id: str):
         if task_id not in runs:
             run = tmp_path_factory.mktemp("pretrained") / task_id
-            assert main(["-q", "train", task_id, *get_task(task_id).TINY_OVERRIDES, "--output-dir", str(run)]) == 0
+            assert main(["-q", "train", task_id, *get_task(task_id).tiny_overrides, "--output-dir", str(run)]) == 0
             runs[task_id] = run
         return runs[task_id]
 

@@ -5,6 +5,7 @@ Launched as users launch: `accelerate launch --config_file recipes/accelerate/cp
 Tolerance: weights within 1e-5 (the all-reduce sums in another order than accumulation; measured: equal).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,8 +28,8 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "
 def _overrides(task_id: str) -> list[str]:
     task = get_task(task_id)
     return [
-        *task.TINY_OVERRIDES,
-        *getattr(task, "DETERMINISTIC_OVERRIDES", []),
+        *task.tiny_overrides,
+        *task.deterministic_overrides,
         "regularization.dropout=0",  # each process draws its own dropout masks
         "data.max_eval_samples=7",  # an uneven last evaluation batch across 2 processes
         "train.per_device_eval_batch_size=2",
@@ -100,8 +102,16 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not (killed / "checkpoint-4" / "hftk-complete.json").exists():
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    # the launcher and both workers: torchrun starts each worker in a session of its own, so killing the launcher's
+    # process group alone left the workers training beside the resumed run
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
     proc.wait()
+    psutil.wait_procs(workers, timeout=30)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "a worker survived"
     assert not (killed / "model.safetensors").exists(), "killed before the end"
     _run([*LAUNCH, *train, "--output-dir", str(killed), "--resume"])
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")

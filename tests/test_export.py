@@ -9,7 +9,8 @@ from PIL import Image
 from transformers import AutoConfig
 
 from hftk.cli import main
-from hftk.tasks import get_task
+from hftk.tasks import get_task, image_classification
+from hftk.tasks.object_detection import serving as detection_serving
 
 
 def test_image_classifier_exports_with_parity_and_dynamic_batch(digits_run, cli, tmp_path):
@@ -23,7 +24,7 @@ def test_image_classifier_exports_with_parity_and_dynamic_batch(digits_run, cli,
     # the exported graph classifies the demo examples as predict does, 3 at once (another batch size)
     task = get_task("image-classification")
     examples = task.example_inputs(digits_run, 3)
-    _, processor = task.load_run_model(digits_run)
+    _, processor = image_classification.load_run_model(digits_run)
     images = [Image.open(p).convert("RGB") for p in examples]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"].numpy()
     logits = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).run(None, {"pixel_values": pixels})[0]
@@ -36,7 +37,7 @@ def test_image_classifier_exports_with_parity_and_dynamic_batch(digits_run, cli,
 def test_language_model_exports_with_dynamic_length(tmp_path, model_args):
     task = get_task("text-generation")
     run = tmp_path / "run"
-    assert main(["-q", "train", "text-generation", *task.TINY_OVERRIDES, "--output-dir", str(run)]) == 0
+    assert main(["-q", "train", "text-generation", *task.tiny_overrides, "--output-dir", str(run)]) == 0
     assert main(["-q", "export", str(run)]) == 0
     session = ort.InferenceSession(str(run / "onnx" / "model.onnx"))
     for length in (3, 17):  # any length up to the context, any batch
@@ -63,7 +64,11 @@ def test_export_of_a_folder_without_a_model_is_one_line(cli, tmp_path):
 
 
 def test_a_task_without_an_exporter_says_which_tasks_can(digits_run, cli, monkeypatch):
-    monkeypatch.delattr("hftk.tasks.image_classification.onnx_graphs")
+    import dataclasses
+
+    from hftk.tasks import image_classification
+
+    monkeypatch.setattr(image_classification, "SPEC", dataclasses.replace(image_classification.SPEC, onnx_graphs=None))
     code, _, err = cli("export", digits_run)
     assert code == 2 and "image-classification runs cannot be exported to ONNX yet" in err and "text-generation" in err
 
@@ -73,11 +78,11 @@ def test_detector_exports_and_finds_the_boxes_pytorch_finds(tmp_path, cli):
 
     task = get_task("object-detection")
     run = tmp_path / "detr"
-    overrides = [*task.TINY_OVERRIDES, *task.DETERMINISTIC_OVERRIDES]  # a Conditional DETR
+    overrides = [*task.tiny_overrides, *task.deterministic_overrides]  # a Conditional DETR
     assert main(["-q", "train", "object-detection", *overrides, "--output-dir", str(run)]) == 0
     code, _, err = cli("export", run)
     assert code == 0, err
-    model, processor = task.load_run_model(run)
+    model, processor = detection_serving.load_run_model(run)
     images = [Image.open(p).convert("RGB") for p in task.example_inputs(run, 3)]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     logits, boxes = ort.InferenceSession(str(run / "onnx" / "model.onnx")).run(None, {"pixel_values": pixels.numpy()})

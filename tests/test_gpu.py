@@ -25,7 +25,7 @@ def test_gpu_defaults_fill_what_the_recipe_leaves_unset(tmp_path):
 
 @pytest.mark.parametrize("task_id", ["image-classification", "text-generation"])
 def test_tiny_run_trains_on_the_gpu_with_bf16_and_compile(cli, tmp_path, task_id):
-    overrides = [*get_task(task_id).TINY_OVERRIDES, "train.bf16=true", "train.torch_compile=true"]
+    overrides = [*get_task(task_id).tiny_overrides, "train.bf16=true", "train.torch_compile=true"]
     code, _, err = cli("-q", "train", task_id, *overrides, "--output-dir", tmp_path / "run")
     assert code == 0, err
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]

@@ -194,7 +194,7 @@ def test_mixup_trainer_trains_with_soft_targets(tmp_path):
     overrides.append("train.eval_strategy=no")
     recipe = load_recipe("image-classification", overrides)
     model, processor = task.build_image_classifier(_recipe("test_resnet", {}).model, LABELS, 16)
-    args = build_training_arguments(recipe, tmp_path, task.TRAINING_ARGUMENTS)
+    args = build_training_arguments(recipe, tmp_path, task.SPEC.training_arguments)
     trainer = task.build_trainer(
         TrainerInputs(recipe, model, processor, {"train": None, "validation": None}, args, [])
     )

@@ -10,13 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
+from hftk import runs
 from hftk.config import load_recipe
 from hftk.data import detection_transforms as transforms
 from hftk.data.shapes import ShapesSpec, shapes_dir
 from hftk.errors import HftkError
 from hftk.evaluation import load_metric
 from hftk.models.detection import frozen_batch_norms
-from hftk.tasks import object_detection as task
+from hftk.tasks import get_task
+from hftk.tasks.object_detection import config as det_config
+from hftk.tasks.object_detection import serving, training
 
 NAMES = ["cat", "dog"]
 
@@ -26,7 +29,7 @@ def _recipe(*overrides):
 
 
 def _load(*overrides):
-    return task.load_data(_recipe(*overrides))
+    return training.load_data(_recipe(*overrides))
 
 
 # ---------------------------------------------------------------- metric module
@@ -303,7 +306,9 @@ TINY_DETR |= {"encoder_attention_heads": 2, "decoder_attention_heads": 2, "num_q
 def test_a_random_resnet_backbone_is_not_left_frozen(detector):
     from hftk.models.detection import backbone_parameters, build_detector
 
-    cfg = task.DetectionModelConfig(name=detector, backbone="resnet", backbone_args=TINY_RESNET, model_args=TINY_DETR)
+    cfg = det_config.DetectionModelConfig(
+        name=detector, backbone="resnet", backbone_args=TINY_RESNET, model_args=TINY_DETR
+    )
     model, processor = build_detector(cfg, NAMES, 32)
     params = backbone_parameters(model)
     assert params and all(p.requires_grad for _, p in params)  # transformers alone leaves them all frozen
@@ -338,7 +343,7 @@ def test_trained_batch_norms_reload_as_frozen_ones_with_the_same_boxes(tmp_path)
 
     from hftk.models.detection import build_detector
 
-    cfg = task.DetectionModelConfig(
+    cfg = det_config.DetectionModelConfig(
         name="conditional_detr", backbone="resnet", backbone_args=TINY_RESNET, model_args=TINY_DETR
     )
     model, _ = build_detector(cfg, NAMES, 32)
@@ -359,7 +364,7 @@ def test_trained_batch_norms_reload_as_frozen_ones_with_the_same_boxes(tmp_path)
     trainer = SimpleNamespace(
         is_fsdp_enabled=False, is_deepspeed_enabled=False, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
     )
-    assert task.DetectionTrainer._load_converted(trainer, str(tmp_path), fresh)
+    assert training.DetectionTrainer.load_converted(trainer, str(tmp_path), fresh)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(pixel_values=pixels).pred_boxes, expected)
 
@@ -370,15 +375,15 @@ def test_timm_backbone_wires_the_encoder_channels_and_its_own_learning_rate(tmp_
     from hftk.training import build_training_arguments, layer_training
 
     args = {"encoder_hidden_dim": 16, "d_model": 16, "decoder_in_channels": [16, 16, 16], "decoder_layers": 1}
-    cfg = task.DetectionModelConfig(name="rt_detr", backbone="test_resnet", model_args=args)
+    cfg = det_config.DetectionModelConfig(name="rt_detr", backbone="test_resnet", model_args=args)
     model, processor = build_detector(cfg, NAMES, 64)
     recipe = _recipe("model.backbone_lr_multiplier=0.1")
     assert list(model.config.encoder_in_channels) == [48, 192, 96]  # test_resnet at strides 8, 16, 32
     assert model.config.freeze_backbone_batch_norms is False
     args = build_training_arguments(recipe, tmp_path)
-    optimizer, _ = layer_training(recipe, task, model, args)
+    optimizer, _ = layer_training(recipe, get_task("object-detection"), model, args)
     inputs = TrainerInputs(recipe, model, processor, {"train": [], "validation": []}, args, [], optimizer)
-    groups = task.build_trainer(inputs).create_optimizer().param_groups
+    groups = training.build_trainer(inputs).create_optimizer().param_groups
     backbone = {id(p) for _, p in backbone_parameters(model)}
     lrs = sorted({g["lr"] for g in groups if all(id(p) in backbone for p in g["params"])})
     assert lrs == pytest.approx([args.learning_rate * 0.1])
@@ -391,8 +396,8 @@ def test_freeze_backbone_trains_the_transformer_and_heads_only():
     from hftk.models.parts import apply_freeze
 
     args = {"encoder_hidden_dim": 16, "d_model": 16, "decoder_in_channels": [16, 16, 16], "decoder_layers": 1}
-    model, _ = build_detector(task.DetectionModelConfig(name="rt_detr", model_args=args), NAMES, 64)
-    parts = task.model_parts(model)
+    model, _ = build_detector(det_config.DetectionModelConfig(name="rt_detr", model_args=args), NAMES, 64)
+    parts = training.model_parts(model)
     assert parts.blocks >= 4 and parts.head  # the ResNet's blocks after its stem; encoder, decoder and heads
     apply_freeze(model, parts, "backbone")
     backbone = {n for n, _ in backbone_parameters(model)}
@@ -404,7 +409,7 @@ def test_a_model_that_is_not_a_detector_is_refused():
     from hftk.models.detection import build_detector
 
     with pytest.raises(HftkError, match="a gpt2 model is not an object detector"):
-        build_detector(task.DetectionModelConfig(name="gpt2"), NAMES, 32)
+        build_detector(det_config.DetectionModelConfig(name="gpt2"), NAMES, 32)
 
 
 # ---------------------------------------------------------------- a tiny run: training, predict, pipeline, video, demo
@@ -415,7 +420,7 @@ def run(tmp_path_factory):
     from hftk.cli import main
 
     run_dir = tmp_path_factory.mktemp("detection") / "tiny"
-    assert main(["train", "object-detection", *task.TINY_OVERRIDES, "--output-dir", str(run_dir)]) == 0
+    assert main(["train", "object-detection", *det_config.TINY_OVERRIDES, "--output-dir", str(run_dir)]) == 0
     return run_dir
 
 
@@ -425,7 +430,7 @@ def test_tiny_run_learns_and_writes_its_report(run):
     assert losses[-1] < losses[0], losses
     assert any("eval_map_50" in h for h in history)
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    for key in task.HEADLINE + ["ap_circle", "ar100_triangle"]:
+    for key in det_config.HEADLINE + ["ap_circle", "ar100_triangle"]:
         assert -1 <= metrics[key] <= 1
     for name in ("report.md", "pr_curves.png", "confusion_matrix.png", "gallery.png", "learning_curves.png"):
         assert (run / "eval" / name).is_file(), name
@@ -436,22 +441,22 @@ def test_pipeline_finds_the_same_boxes_as_predict(run, tmp_path):
     from transformers import AutoModelForObjectDetection, pipeline
 
     assert AutoModelForObjectDetection.from_pretrained(run).config.id2label[0] == "circle"
-    images = task.example_inputs(run, 3)
+    images = runs.saved_examples(run, 3)
     pipe = pipeline("object-detection", model=str(run), device="cpu")
     expected = [pipe(image, threshold=0.05) for image in images]
     assert any(expected)  # a tiny model still scores some boxes above 0.05
-    one_by_one = task.predict(run, images, threshold=0.05, batch_size=1)
+    one_by_one = serving.predict(run, images, threshold=0.05, batch_size=1)
     assert [r["detections"] for r in one_by_one] == expected
-    batched = task.predict(run, images, threshold=0.05, batch_size=3)  # batched kernels: the last digits may move
+    batched = serving.predict(run, images, threshold=0.05, batch_size=3)  # batched kernels: the last digits may move
     for ours, theirs in zip(batched, expected):
         assert sorted(d["label"] for d in ours["detections"]) == sorted(d["label"] for d in theirs)
         assert [d["score"] for d in ours["detections"]] == pytest.approx([d["score"] for d in theirs], abs=1e-4)
-    out = task.predict(run, images[:1], threshold=0.05, out=str(tmp_path / "annotated.jpg"))
+    out = serving.predict(run, images[:1], threshold=0.05, out=str(tmp_path / "annotated.jpg"))
     assert Image.open(tmp_path / "annotated.jpg").size[0] >= 64 and out[0]["out"].endswith("annotated.jpg")
 
 
 def test_predict_cli_options_and_folder_out(run, tmp_path, cli):
-    images = task.example_inputs(run, 2)
+    images = runs.saved_examples(run, 2)
     code, out, err = cli("predict", run, *images, "--threshold", "0.05", "--out", tmp_path / "annotated")
     assert code == 0 and out.count("\n") == 2, err
     assert len(list((tmp_path / "annotated").glob("*.png"))) == 2
@@ -466,14 +471,14 @@ def test_video_in_annotated_video_out_with_frames_per_second(run, tmp_path, cli)
 
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
-    for path in task.example_inputs(run, 4) * 3:
+    for path in runs.saved_examples(run, 4) * 3:
         writer.write(cv2.cvtColor(np.asarray(Image.open(path).convert("RGB")), cv2.COLOR_RGB2BGR))
     writer.release()
     code, out, err = cli("predict", run, clip, "--out", tmp_path / "out.mp4", "--threshold", "0.05")
     assert code == 0 and "12 frames" in out and "frames/s" in out, err
     capture = cv2.VideoCapture(str(tmp_path / "out.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and capture.read()[0]
-    result = task.predict(run, [clip], threshold=0.05)[0]
+    result = serving.predict(run, [clip], threshold=0.05)[0]
     assert result["frames"] == 12 and result["fps"] > 0 and len(result["detections"]) == 12
     code, _, err = cli("predict", run, clip, "--out", tmp_path / "out.png")
     assert code == 2 and "expected a video file name" in err
@@ -497,9 +502,9 @@ def demo_url(run):
 def test_demo_draws_boxes_and_lists_them_like_predict(run, demo_url, tmp_path):
     from gradio_client import Client, handle_file
 
-    example = task.example_inputs(run, 1)[0]
+    example = runs.saved_examples(run, 1)[0]
     image, table = Client(demo_url, verbose=False).predict(handle_file(example), 0.05, api_name="/detect")
-    expected = task.predict(run, [example], threshold=0.05)[0]["detections"]
+    expected = serving.predict(run, [example], threshold=0.05)[0]["detections"]
     assert [row[0] for row in table["data"]] == [d["label"] for d in expected]
     assert [row[2:] for row in table["data"]] == [list(d["box"].values()) for d in expected]
     assert Image.open(image).size[0] >= 64
@@ -523,8 +528,8 @@ def test_eight_concurrent_clients_all_get_their_image(run, demo_url):
 
     from gradio_client import Client, handle_file
 
-    examples = task.example_inputs(run, 2)
-    expected = {e: len(task.predict(run, [e], threshold=0.05)[0]["detections"]) for e in examples}
+    examples = runs.saved_examples(run, 2)
+    expected = {e: len(serving.predict(run, [e], threshold=0.05)[0]["detections"]) for e in examples}
     clients = [Client(demo_url, verbose=False) for _ in range(8)]
 
     def ask(i):
@@ -546,7 +551,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_real_browser_shows_thumbnails_and_draws_an_upload(run, demo_url):
     from playwright.sync_api import sync_playwright
 
-    example = task.example_inputs(run, 1)[0]
+    example = runs.saved_examples(run, 1)[0]
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
@@ -565,5 +570,5 @@ def test_real_browser_shows_thumbnails_and_draws_an_upload(run, demo_url):
         page.screenshot(path=str(run / "eval" / "demo_screenshot.png"), full_page=True)
         shown = result.count()
         browser.close()
-    assert thumbnails == min(8, len(task.example_inputs(run, 64)))
+    assert thumbnails == min(8, len(runs.saved_examples(run, 64)))
     assert shown >= 1

@@ -38,8 +38,8 @@ def lite0_imagenet_run(tmp_path_factory):
     """The packaged EfficientNet-Lite0 through hftk's resolver with ImageNet's 1,000 labels, saved as a run's model."""
     from timm.data import ImageNetInfo
 
-    from hftk.config import ModelConfig
     from hftk.models.vision import build_image_classifier
+    from hftk.sections import ModelConfig
 
     names = [ImageNetInfo().index_to_description(i) for i in range(1000)]
     model, processor = build_image_classifier(ModelConfig(name="efficientnet_lite0", pretrained=True), names, None)

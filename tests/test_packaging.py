@@ -33,7 +33,7 @@ def test_installed_package_trains_its_default_recipe_from_another_folder(tmp_pat
     shipped = sorted(p.relative_to(RECIPES_DIR) for p in RECIPES_DIR.glob("*/*.yaml"))
     assert sorted(p.relative_to(installed / "recipes") for p in (installed / "recipes").glob("*/*.yaml")) == shipped
     assert (installed / "evaluation" / "metrics" / "classification" / "classification.py").is_file()
-    overrides = get_task("image-classification").TINY_OVERRIDES
+    overrides = get_task("image-classification").tiny_overrides
     script = (
         f"import sys; sys.path.insert(0, {str(target)!r}); import hftk\n"
         f"assert hftk.__file__.startswith({str(target)!r})\n"

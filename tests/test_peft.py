@@ -5,9 +5,11 @@ import shutil
 
 import pytest
 
+from hftk import runs
 from hftk.cli import main
 from hftk.config import load_recipe
 from hftk.errors import HftkError
+from hftk.generation import DecodingOptions
 from hftk.tasks import get_task
 
 TASKS_WITH_ADAPTERS = ["image-classification", "text-generation", "seq2seq-chat", "object-detection"]
@@ -15,7 +17,7 @@ TASKS_WITH_ADAPTERS = ["image-classification", "text-generation", "seq2seq-chat"
 
 def _adapter_run(task_id, base, out, *extra):
     task = get_task(task_id)
-    tiny = [o for o in task.TINY_OVERRIDES if not o.startswith("data.tokenizer=")]
+    tiny = [o for o in task.tiny_overrides if not o.startswith("data.tokenizer=")]
     if hasattr(load_recipe(task_id).data, "tokenizer"):
         tiny.append("data.tokenizer=null")  # a pretrained model keeps its own tokenizer
     args = ["-q", "train", task_id, *tiny, f"model.name={base}", "model.pretrained=true", *extra, "--output-dir", out]
@@ -36,12 +38,12 @@ def test_lora_run_is_small_reloads_and_merges_to_the_same_predictions(task_id, p
     assert results["trainable_parameters"] < results["total_parameters"]
     assert "PEFT adapter" in (run / "README.md").read_text()
     inputs = task.example_inputs(run, 2)
-    options = {"seed": 0} if task_id == "text-generation" else {}
+    options = {"decoding": DecodingOptions(seed=0)} if task_id == "text-generation" else {}
     first = task.predict(run, inputs, **options)
     copy = shutil.copytree(run, tmp_path / "copy", ignore=shutil.ignore_patterns("checkpoint-*"))
     assert task.predict(copy, inputs, **options) == [{**r, "input": r["input"]} for r in first]
     assert main(["-q", "merge", str(run), str(tmp_path / "merged")]) == 0
-    merged = getattr(transformers, task.AUTO_MODEL).from_pretrained(tmp_path / "merged")
+    merged = getattr(transformers, task.auto_model).from_pretrained(tmp_path / "merged")
     assert not hasattr(merged, "peft_config")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "input"} for r in rows]  # noqa: E731
     again = task.predict(tmp_path / "merged", inputs, **options)
@@ -77,7 +79,7 @@ def test_bad_adapter_settings_are_one_line(cli, pretrained_runs, tmp_path, overr
     code, _, err = cli(
         "train",
         "text-generation",
-        *task.TINY_OVERRIDES,
+        *task.tiny_overrides,
         f"model.name={base}",
         "model.pretrained=true",
         *overrides,
@@ -90,7 +92,7 @@ def test_bad_adapter_settings_are_one_line(cli, pretrained_runs, tmp_path, overr
 def test_an_adapter_needs_pretrained_weights(cli, tmp_path):
     task = get_task("text-generation")
     code, _, err = cli(
-        "train", "text-generation", *task.TINY_OVERRIDES, "model.peft.method=lora", "--output-dir", tmp_path / "r"
+        "train", "text-generation", *task.tiny_overrides, "model.peft.method=lora", "--output-dir", tmp_path / "r"
     )
     assert code == 2 and "an adapter trains on pretrained weights" in err
 
@@ -130,7 +132,7 @@ def test_merge_of_a_full_run_and_a_missing_base_are_one_line(cli, pretrained_run
     moved = shutil.copytree(base, tmp_path / "base")
     run = _adapter_run("text-generation", moved, tmp_path / "lora", "model.peft.method=lora")
     shutil.rmtree(moved)  # the base the adapter names is gone
-    get_task("text-generation").load_run_model.cache_clear()
+    runs.clear_run_cache()
     code, _, err = cli("predict", run, "The")
     assert code == 2 and "cannot put the adapter on its base model" in err
 
@@ -152,7 +154,7 @@ def test_qlora_trains_an_adapter_on_a_4bit_base_and_predicts_on_the_full_one(tmp
 
     from hftk.training import prepare
 
-    tiny = [o for o in get_task("text-generation").TINY_OVERRIDES if not o.startswith("data.tokenizer=")]
+    tiny = [o for o in get_task("text-generation").tiny_overrides if not o.startswith("data.tokenizer=")]
     wide = "model.model_args={n_layer: 1, n_embd: 64, n_head: 2}"  # bitsandbytes quantizes blocks of 64 weights
     base = tmp_path / "base"
     assert main(["-q", "train", "text-generation", *tiny, wide, "--output-dir", str(base)]) == 0
@@ -167,7 +169,7 @@ def test_qlora_trains_an_adapter_on_a_4bit_base_and_predicts_on_the_full_one(tmp
     assert "quantization_config" not in json.loads((run / "model_config.json").read_text())
     results = json.loads((run / "all_results.json").read_text())
     assert results["trainable_parameters"] < results["total_parameters"]
-    first = get_task("text-generation").predict(run, ["The"], seed=0)
+    first = get_task("text-generation").predict(run, ["The"], decoding=DecodingOptions(seed=0))
     assert first and first[0]["continuation"]
     assert main(["-q", "merge", str(run), str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()

@@ -291,7 +291,7 @@ def test_how_often_a_run_evaluates_does_not_change_what_it_trains(tmp_path):
     from hftk.cli import main
     from hftk.tasks import get_task
 
-    tiny = get_task("image-classification").TINY_OVERRIDES  # the default recipe: random augmentation on
+    tiny = get_task("image-classification").tiny_overrides  # the default recipe: random augmentation on
     for every in (2, 8):
         args = [*tiny, f"train.eval_steps={every}", "train.save_steps=8", "--output-dir", tmp_path / str(every)]
         assert main(["-q", "train", "image-classification", *[str(a) for a in args]]) == 0

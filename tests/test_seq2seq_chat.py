@@ -9,13 +9,17 @@ import socket
 import pytest
 import torch
 
+from hftk import runs
 from hftk.config import RECIPES_DIR, load_recipe
 from hftk.data import chat as chat_data
 from hftk.data import chat_inputs
 from hftk.errors import HftkError
 from hftk.evaluation import chat as chat_eval
 from hftk.evaluation import load_metric
-from hftk.tasks import seq2seq_chat as task
+from hftk.generation import DecodingOptions
+from hftk.tasks.seq2seq_chat import config as chat_config
+from hftk.tasks.seq2seq_chat import serving as task
+from hftk.tasks.seq2seq_chat import training as chat_training
 
 RECIPE = "recipes/seq2seq-chat/t5-chatterbot.yaml"
 TINY = [
@@ -109,9 +113,9 @@ def test_memory_leaves_a_training_sample_out_and_round_trips(tmp_path):
 
 
 def test_chatterbot_split_is_by_conversation_and_fixed():
-    cfg = task.ChatDataConfig(history_turns=1)
+    cfg = chat_config.ChatDataConfig(history_turns=1)
     data = chat_data.load_chat_data(cfg)
-    other = chat_data.load_chat_data(task.ChatDataConfig(history_turns=1, split_seed=7, validation_size=0.2))
+    other = chat_data.load_chat_data(chat_config.ChatDataConfig(history_turns=1, split_seed=7, validation_size=0.2))
     assert data["test"]["source"] == other["test"]["source"]  # the test split never moves
 
     def conversations(split):
@@ -126,7 +130,7 @@ def test_chatterbot_split_is_by_conversation_and_fixed():
 
 
 def test_messages_layout_gives_one_sample_per_assistant_turn_with_its_history(chat_folder):
-    cfg = task.ChatDataConfig(name=None, path=str(chat_folder), history_turns=2)
+    cfg = chat_config.ChatDataConfig(name=None, path=str(chat_folder), history_turns=2)
     train = chat_data.load_chat_data(cfg)["train"]
     assert len(train) == 7  # system turns are not turns
     second = [s for s in train if s["message"] == "and then?"]
@@ -142,13 +146,13 @@ def test_input_target_files(tmp_path, suffix):
         path.write_text("input,target\n" + "".join(f"{r['input']},{r['target']}\n" for r in rows))
     else:
         _write_jsonl(path, rows)
-    data = chat_data.load_chat_data(task.ChatDataConfig(name=None, path=str(path)))
+    data = chat_data.load_chat_data(chat_config.ChatDataConfig(name=None, path=str(path)))
     assert sum(len(data[s]) for s in data) == 30 and data["train"][0]["history"] == []
 
 
 def test_history_longer_than_the_input_keeps_the_most_recent_turns(chat_run):
     model, tokenizer = task.load_run_model(chat_run)
-    cfg = task.ChatDataConfig(history_turns=3, max_input_length=12)
+    cfg = chat_config.ChatDataConfig(history_turns=3, max_input_length=12)
     history = ["first turn that is long", "second turn", "third"]
     ids, cut = chat_inputs.encode_sample(tokenizer, history, "and then?", cfg, "here")
     text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -164,7 +168,7 @@ def test_training_log_counts_the_histories_that_were_cut(chat_run, chat_folder, 
     _, tokenizer = task.load_run_model(chat_run)
     data = DatasetDict(train=chat_data.load_chat_data(recipe.data)["train"])
     with caplog.at_level(logging.INFO):
-        encoded = task.prepare_datasets(recipe, data, tokenizer)
+        encoded = chat_training.prepare_datasets(recipe, data, tokenizer)
     assert all(len(ids) <= 14 for ids in encoded["train"]["input_ids"])
     assert "train: 2 of 7 samples lost" in caplog.text
 
@@ -242,7 +246,7 @@ def test_reload_gives_the_same_answers_as_generate(chat_run):
 
     first = task.predict(chat_run, ["hello", "what is your name"])
     assert [r["generated_text"] for r in first] == ["hi there, how are you doing today?", "my name is tiny bot"]
-    task.load_run_model.cache_clear()
+    runs.clear_run_cache()
     assert task.predict(chat_run, ["hello", "what is your name"]) == first
     model = AutoModelForSeq2SeqLM.from_pretrained(chat_run).eval()
     tokenizer = AutoTokenizer.from_pretrained(chat_run)
@@ -268,10 +272,10 @@ def test_pipeline_gives_what_predict_gives_and_renders_chat_messages(chat_run):
 
 
 def test_sampling_options_and_seed_repeat(chat_run):
-    a = task.predict(chat_run, ["hello"], temperature=1.5, top_k=50, seed=3)
-    assert a == task.predict(chat_run, ["hello"], temperature=1.5, top_k=50, seed=3)
+    a = task.predict(chat_run, ["hello"], decoding=DecodingOptions(temperature=1.5, top_k=50, seed=3))
+    assert a == task.predict(chat_run, ["hello"], decoding=DecodingOptions(temperature=1.5, top_k=50, seed=3))
     with pytest.raises(HftkError, match="max_new_tokens 0"):
-        task.predict(chat_run, ["hello"], max_new_tokens=0)
+        task.predict(chat_run, ["hello"], decoding=DecodingOptions(max_new_tokens=0))
 
 
 def test_terminal_chat_keeps_the_history_and_streams(chat_run):
@@ -417,7 +421,7 @@ def test_minilm_warm_start_with_a_trained_vocabulary_saves_and_reloads(tmp_path)
 
     texts = ["Hello there, how are you?", "I am fine, thanks.", "What is your name?"] * 20
     tokenizer = seq2seq.train_tokenizer(texts, 300)
-    cfg = task.ChatModelConfig(name="encoder-decoder", model_args={"num_hidden_layers": 1})
+    cfg = chat_config.ChatModelConfig(name="encoder-decoder", model_args={"num_hidden_layers": 1})
     source = seq2seq.load_tokenizer(str(seq2seq.minilm_path()), cfg)
     model = seq2seq.build_seq2seq(cfg, tokenizer, source)
     minilm = AutoModel.from_pretrained(seq2seq.minilm_path())

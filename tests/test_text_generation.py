@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from hftk import runs
 from hftk.cli import main
 from hftk.config import RECIPES_DIR, load_recipe
 from hftk.data import lm
 from hftk.data.text import PYTHON_DOCS_TEST_FRACTION, python_docs_text, split_python_docs
 from hftk.errors import HftkError
 from hftk.evaluation import text as lm_eval
-from hftk.generation import context_length
+from hftk.generation import DecodingOptions, context_length
 from hftk.tasks import text_generation as task
 
 RECIPE = "recipes/text-generation/gpt-python-docs.yaml"
@@ -80,11 +81,14 @@ def test_predict_shape_and_reload_gives_same_greedy_text(run, request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir = request.getfixturevalue(run)
-    first = task.predict(run_dir, ["The", "A function"], max_new_tokens=6, temperature=0)
+    first = task.predict(run_dir, ["The", "A function"], decoding=DecodingOptions(max_new_tokens=6, temperature=0))
     assert [r["input"] for r in first] == ["The", "A function"]
     assert all(r["generated_text"] == r["input"] + r["continuation"] for r in first)
-    task.load_run_model.cache_clear()
-    assert task.predict(run_dir, ["The", "A function"], max_new_tokens=6, temperature=0) == first
+    runs.clear_run_cache()
+    assert (
+        task.predict(run_dir, ["The", "A function"], decoding=DecodingOptions(max_new_tokens=6, temperature=0))
+        == first
+    )
     model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     ids = torch.tensor([[tokenizer.eos_token_id, *tokenizer("The", add_special_tokens=False)["input_ids"]]])
@@ -93,8 +97,8 @@ def test_predict_shape_and_reload_gives_same_greedy_text(run, request):
 
 
 def test_sampling_with_seed_repeats(gpt_run):
-    a = task.predict(gpt_run, ["The"], max_new_tokens=8, temperature=1.0, top_k=20, seed=3)
-    b = task.predict(gpt_run, ["The"], max_new_tokens=8, temperature=1.0, top_k=20, seed=3)
+    a = task.predict(gpt_run, ["The"], decoding=DecodingOptions(max_new_tokens=8, temperature=1.0, top_k=20, seed=3))
+    b = task.predict(gpt_run, ["The"], decoding=DecodingOptions(max_new_tokens=8, temperature=1.0, top_k=20, seed=3))
     assert a == b
 
 
@@ -262,7 +266,7 @@ def test_non_positive_max_new_tokens(cli, gpt_run, value):
 def test_prompt_longer_than_context_keeps_its_end(gpt_run, caplog):
     prompt = "The value of the argument is returned. " * 40  # far more than 32 tokens
     with caplog.at_level(logging.WARNING):
-        result = task.predict(gpt_run, [prompt], max_new_tokens=4, temperature=0)
+        result = task.predict(gpt_run, [prompt], decoding=DecodingOptions(max_new_tokens=4, temperature=0))
     assert result[0]["generated_text"].startswith(prompt)
     assert "longer than the context" in caplog.text
 
@@ -359,7 +363,7 @@ def test_samples_longer_than_the_context_stop_at_it(cli, tmp_path, corpus):
     assert code == 0, err
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(s["output"] is not None for s in samples)
-    result = task.predict(tmp_path / "run", ["The"], max_new_tokens=100, temperature=0)[0]
+    result = task.predict(tmp_path / "run", ["The"], decoding=DecodingOptions(max_new_tokens=100, temperature=0))[0]
     tokenizer = task.load_run_model(tmp_path / "run")[1]
     # a byte-level token that ends inside a UTF-8 character decodes to U+FFFD, which would re-encode as 3 tokens
     text = result["continuation"].replace("\ufffd", "?")

@@ -24,8 +24,8 @@ def pretrained_run(request, pretrained_runs):
 def test_fine_tuning_starts_from_the_saved_weights(pretrained_run, caplog):
     task_id, run = pretrained_run
     task = get_task(task_id)
-    tiny = [o for o in task.TINY_OVERRIDES if not o.startswith("data.tokenizer=")]
-    own_tokenizer = ["data.tokenizer=null"] if "tokenizer" in task.CONFIG_CLASSES["data"].__dataclass_fields__ else []
+    tiny = [o for o in task.tiny_overrides if not o.startswith("data.tokenizer=")]
+    own_tokenizer = ["data.tokenizer=null"] if "tokenizer" in task.config_classes["data"].__dataclass_fields__ else []
     overrides = [*tiny, *own_tokenizer, f"model.name={run}", "model.pretrained=true"]
     with caplog.at_level(logging.INFO):
         _, _, model, _, _ = prepare(load_recipe(task_id, overrides))
@@ -47,7 +47,7 @@ def test_a_new_label_count_gets_a_new_head_and_the_log_names_it(tmp_path, caplog
                 "-q",
                 "train",
                 "image-classification",
-                *get_task("image-classification").TINY_OVERRIDES,
+                *get_task("image-classification").tiny_overrides,
                 "--output-dir",
                 str(run),
             ]
@@ -144,7 +144,7 @@ def test_layer_settings_train_end_to_end(cli, tmp_path):
         "-q",
         "train",
         "image-classification",
-        *get_task("image-classification").TINY_OVERRIDES,
+        *get_task("image-classification").tiny_overrides,
         "model.freeze=backbone",
         "model.gradual_unfreeze=2",
         "model.layer_decay=0.7",
@@ -171,7 +171,7 @@ def test_bad_layer_settings_are_one_line(cli, tmp_path, override, message):
     code, _, err = cli(
         "train",
         "image-classification",
-        *get_task("image-classification").TINY_OVERRIDES,
+        *get_task("image-classification").tiny_overrides,
         override,
         "--output-dir",
         tmp_path / "run",

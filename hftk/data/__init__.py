@@ -12,8 +12,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from hftk.config import DataConfig
 from hftk.errors import HftkError, did_you_mean
+from hftk.sections import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -13,23 +13,23 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from hftk.config import _field
 from hftk.data.images import open_image_file
+from hftk.sections import setting
 
 
 @dataclass
 class DetectionAugmentConfig:
     """Box-aware training augmentation (torchvision.transforms.v2 on tv_tensors.BoundingBoxes)."""
 
-    hflip: float = _field(0.5, "probability of a horizontal flip")
-    vflip: float = _field(0.0, "probability of a vertical flip")
-    scale_jitter: list[float] | None = _field(
+    hflip: float = setting(0.5, "probability of a horizontal flip")
+    vflip: float = setting(0.0, "probability of a vertical flip")
+    scale_jitter: list[float] | None = setting(
         None, "zoom range [min, max] around the centre (<1: zoom out); None: off"
     )
-    translate: float = _field(0.0, "max shift as a fraction of the size (with scale_jitter's affine)")
-    iou_crop: float = _field(0.0, "probability of an SSD-style crop that keeps boxes valid (RandomIoUCrop)")
-    color_jitter: float = _field(0.0, "strength of brightness/contrast/saturation jitter (hue: a quarter of it)")
-    min_box_size: float = _field(2.0, "boxes smaller than this (px) after augmentation are dropped")
+    translate: float = setting(0.0, "max shift as a fraction of the size (with scale_jitter's affine)")
+    iou_crop: float = setting(0.0, "probability of an SSD-style crop that keeps boxes valid (RandomIoUCrop)")
+    color_jitter: float = setting(0.0, "strength of brightness/contrast/saturation jitter (hue: a quarter of it)")
+    min_box_size: float = setting(2.0, "boxes smaller than this (px) after augmentation are dropped")
 
 
 class DetectionTransform:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from hftk.config import DataConfig
 from hftk.data import check_path, finalize_splits, load_hub_dataset
 from hftk.errors import HftkError
+from hftk.sections import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from hftk.errors import HftkError
-from hftk.evaluation import load_run_recipe, require_model
-from hftk.tasks import get_task
+from hftk.runs import load_run
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +19,15 @@ def metrics_line(metrics: dict, headline: list[str]) -> str:
     return f"{split} split: {scores}" if scores else "not evaluated yet"
 
 
+def seed_value(value: Any) -> int | None:
+    """A demo's seed field as a seed (-1 or empty: random)."""
+    return int(value) if value not in (None, "", -1) else None
+
+
 def build(run_dir: str | Path):
     """The run's demo as a ``gradio.Blocks`` (not launched)."""
-    recipe = load_run_recipe(run_dir)
-    require_model(Path(run_dir))
-    return get_task(recipe.task).demo(run_dir), recipe
+    recipe, task = load_run(run_dir)
+    return task.demo(Path(run_dir)), recipe
 
 
 def launch(run_dir: str | Path, host: str | None = None, port: int | None = None, **kwargs):

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hftk.demos import metrics_line
+from hftk.demos import metrics_line, seed_value
 from hftk.errors import HftkError
+from hftk.generation import DecodingOptions
 
 
 def _text(content: Any) -> str:
@@ -33,25 +34,25 @@ def build_demo(
     metrics: dict,
     headline: list[str],
     examples: list[str],
-    defaults: dict[str, Any],
+    defaults: DecodingOptions,
 ):
-    """``iter_answer(run_dir, history, message, stop, seed=..., **options)`` yields the answer piece by piece."""
+    """``iter_answer(run_dir, history, message, stop, decoding)`` yields the answer piece by piece; the controls
+    start at ``defaults`` (the run's own decoding)."""
     import gradio as gr
 
     def respond(message, history, max_new_tokens, temperature, top_p, num_beams, repetition_penalty, seed):
-        options = dict(
+        decoding = DecodingOptions(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature),
             top_p=float(top_p),
             num_beams=int(num_beams),
             repetition_penalty=float(repetition_penalty),
+            seed=seed_value(seed),
         )
         stop = threading.Event()
         answer = ""
         try:
-            pieces = iter_answer(
-                run_dir, history_turns(history or []), _text(message), stop, **options, seed=_seed(seed)
-            )
+            pieces = iter_answer(run_dir, history_turns(history or []), _text(message), stop, decoding)
             for piece in pieces:
                 answer += piece
                 yield answer
@@ -61,17 +62,11 @@ def build_demo(
             stop.set()  # the stop button closes this generator: end the generation thread
 
     controls = [
-        gr.Slider(1, 512, value=defaults["max_new_tokens"], step=1, label="max new tokens"),
-        gr.Slider(
-            0.0,
-            2.0,
-            value=defaults["temperature"],
-            step=0.05,
-            label="temperature (0: greedy)",
-        ),
-        gr.Slider(0.05, 1.0, value=defaults["top_p"], step=0.05, label="top-p (sampling)"),
-        gr.Slider(1, 8, value=defaults["num_beams"], step=1, label="beams (no streaming above 1)"),
-        gr.Slider(0.5, 2.0, value=defaults["repetition_penalty"], step=0.05, label="repetition penalty"),
+        gr.Slider(1, 512, value=defaults.max_new_tokens, step=1, label="max new tokens"),
+        gr.Slider(0.0, 2.0, value=defaults.temperature, step=0.05, label="temperature (0: greedy)"),
+        gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="top-p (sampling)"),
+        gr.Slider(1, 8, value=defaults.num_beams, step=1, label="beams (no streaming above 1)"),
+        gr.Slider(0.5, 2.0, value=defaults.repetition_penalty, step=0.05, label="repetition penalty"),
         gr.Number(value=-1, precision=0, label="seed (-1: random)"),
     ]
     with gr.Blocks(title=f"hftk · {run_dir.name}") as demo:
@@ -86,7 +81,3 @@ def build_demo(
             api_name="chat",
         )
     return demo
-
-
-def _seed(value: Any) -> int | None:
-    return int(value) if value not in (None, "", -1) else None

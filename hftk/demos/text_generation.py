@@ -6,27 +6,36 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from hftk.demos import metrics_line
+from hftk.demos import metrics_line, seed_value
 from hftk.errors import HftkError
+from hftk.generation import DecodingOptions
 
 
-def build_demo(run_dir: Path, iter_generate: Callable, metrics: dict, headline: list[str], examples: list[str]):
-    """``iter_generate(run_dir, prompt, stop, seed=..., **options)`` yields text pieces as they are generated."""
+def build_demo(
+    run_dir: Path,
+    iter_generate: Callable,
+    metrics: dict,
+    headline: list[str],
+    examples: list[str],
+    defaults: DecodingOptions,
+):
+    """``iter_generate(run_dir, prompt, stop, decoding)`` yields text pieces as they are generated; the controls
+    start at ``defaults``."""
     import gradio as gr
 
     def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-        options = dict(
+        decoding = DecodingOptions(
             max_new_tokens=int(max_new_tokens),
             temperature=float(temperature),
             top_k=int(top_k),
             top_p=float(top_p),
             repetition_penalty=float(repetition_penalty),
-            seed=int(seed) if seed not in (None, "", -1) else None,
+            seed=seed_value(seed),
         )
         text = prompt or ""
         stop = threading.Event()
         try:
-            pieces = iter_generate(run_dir, text, stop, **options)
+            pieces = iter_generate(run_dir, text, stop, decoding)
             for piece in pieces:
                 text += piece
                 yield text
@@ -39,12 +48,14 @@ def build_demo(run_dir: Path, iter_generate: Callable, metrics: dict, headline: 
         gr.Markdown(f"# {run_dir.name}\nText generation · {metrics_line(metrics, headline)}")
         prompt = gr.Textbox(label="prompt", lines=3, placeholder="Start a sentence...")
         with gr.Row():
-            max_new_tokens = gr.Slider(1, 512, value=100, step=1, label="max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="temperature (0: greedy)")
-            top_k = gr.Slider(0, 200, value=0, step=1, label="top-k (0: off)")
+            max_new_tokens = gr.Slider(1, 512, value=defaults.max_new_tokens, step=1, label="max new tokens")
+            temperature = gr.Slider(0.0, 2.0, value=defaults.temperature, step=0.05, label="temperature (0: greedy)")
+            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top-k (0: off)")
         with gr.Row():
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="top-p")
-            repetition_penalty = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="repetition penalty")
+            top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="top-p")
+            repetition_penalty = gr.Slider(
+                0.5, 2.0, value=defaults.repetition_penalty, step=0.05, label="repetition penalty"
+            )
             seed = gr.Number(value=-1, precision=0, label="seed (-1: random)")
         with gr.Row():
             run = gr.Button("Generate", variant="primary")

@@ -1,4 +1,7 @@
-"""Evaluation of a run folder: metrics, report, plots. The task writes its own figures; shared pieces live here.
+"""Evaluation pieces every task's report uses: metric modules, the report's shape, learning curves, metrics files.
+
+The task evaluates its own model and draws its own figures (``hftk/evaluation/<kind>.py``); ``hftk.runs.evaluate_run``
+looks the task up. Nothing here knows a task.
 
 Metric modules ship inside hftk (``evaluation/metrics/<name>/<name>.py``) and are loaded by path with
 ``evaluate.load``, because ``evaluate.load("accuracy")`` needs the network.
@@ -11,10 +14,6 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-
-from hftk.config import Recipe, load_recipe
-from hftk.errors import HftkError
-from hftk.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -38,34 +37,6 @@ def inference_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def load_run_recipe(run_dir: str | Path) -> Recipe:
-    """The resolved recipe of a finished (or running) run, with a clear error for a wrong folder."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise HftkError(f"run folder '{run_dir}': no such folder")
-    if not (run_dir / "recipe.yaml").is_file():
-        raise HftkError(f"run folder '{run_dir}': no recipe.yaml, so not an hftk run (train one with `hftk train`)")
-    return load_recipe(run_dir / "recipe.yaml")
-
-
-def require_model(run_dir: Path) -> None:
-    """A clear error unless ``run_dir`` holds a trained model (a full one, or an adapter)."""
-    if not (run_dir / "config.json").is_file() and not (run_dir / "adapter_config.json").is_file():
-        raise HftkError(
-            f"run folder '{run_dir}': no trained model yet (training unfinished? use `hftk train --resume`)"
-        )
-
-
-def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, Any]:
-    """Evaluate a run's final model on ``split`` (default: the recipe's eval split) and write ``eval/``."""
-    recipe = load_run_recipe(run_dir)
-    require_model(Path(run_dir))
-    split = split or recipe.eval.split
-    if split not in ("train", "validation", "test"):
-        raise HftkError(f"--split '{split}': expected train, validation or test")
-    return get_task(recipe.task).evaluate_report(Path(run_dir), recipe, split)
 
 
 def eval_dir(run_dir: Path, split: str, default_split: str) -> Path:
@@ -96,12 +67,10 @@ def plot_learning_curves(run_dir: Path, out_png: Path, metric: str) -> bool:
     val_metric = [(h["step"], h[f"eval_{metric}"]) for h in history if f"eval_{metric}" in h]
     if not (train or val):
         return False
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     for points, label in ((train, "train loss"), (val, "validation loss")):
         if points:
             axes[0].plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
@@ -112,8 +81,27 @@ def plot_learning_curves(run_dir: Path, out_png: Path, metric: str) -> bool:
     axes[1].set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return True
+
+
+def write_report(
+    path: Path,
+    title: str,
+    intro: list[str],
+    metrics: dict[str, Any],
+    headline: list[str],
+    body: list[str],
+    worst: tuple[str, list[str], str | None] | None = None,
+) -> None:
+    """``report.md`` in the shape every task's report has: title, what was measured, the headline table, the task's
+    own sections, the learning curves, and the worst examples (``(heading, lines, picture or None)``)."""
+    lines = [f"# {title}", "", *intro, *([""] if intro else []), metrics_table(metrics, headline), "", *body, ""]
+    lines += ["![learning curves](learning_curves.png)", ""]
+    if worst is not None:
+        heading, rows, picture = worst
+        lines += [f"## {heading}", "", *(rows or ["none"]), ""]
+        lines += [f"![{heading.lower()}]({picture})", ""] if picture and rows else []
+    path.write_text("\n".join(lines))
 
 
 def metrics_table(metrics: dict[str, Any], keys: list[str]) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 from hftk.data.chat import normalize_message
 from hftk.data.chat_inputs import Memory
-from hftk.evaluation import load_metric, metrics_table
+from hftk.evaluation import load_metric
+from hftk.evaluation import write_report as write_report_file
 
 REPORTED = ("chrf", "bleu", "rougeL", "exact_match", "response_length", "distinct_1", "distinct_2")
 
@@ -79,15 +80,12 @@ def write_report(path: Path, recipe: Any, metrics: dict, headline: list[str], ro
         table.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in cells) + " |")
     ranked = sorted(rows, key=lambda r: r["chrf"])
     novel_rows = [r for r in ranked if r["novel"]]
-    lines = [
-        f"# {recipe.name}: {metrics['split']} split",
-        "",
+    intro = [
         f"`{recipe.model.name}` on `{recipe.data.name or recipe.data.path}`: {n} answers, {novel} of them to novel "
         "messages (never seen in training). chrF and BLEU are sacrebleu corpus scores; ROUGE-L the mean F-measure; "
-        "the retrieval baseline answers with the response of the most similar training message (TF-IDF cosine).",
-        "",
-        metrics_table(metrics, headline),
-        "",
+        "the retrieval baseline answers with the response of the most similar training message (TF-IDF cosine)."
+    ]
+    body = [
         "## Model and retrieval baseline",
         "",
         *table,
@@ -98,17 +96,11 @@ def write_report(path: Path, recipe: Any, metrics: dict, headline: list[str], ro
         "",
         *_examples_table(ranked[::-1][:count]),
         "",
-        "## Worst answers",
-        "",
-        *_examples_table(ranked[:count]),
-        "",
         "## Best answers to novel messages",
         "",
         *_examples_table(novel_rows[::-1][:count]),
         "",
         "Every answer: `answers.jsonl`.",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
     ]
-    path.write_text("\n".join(lines))
+    worst = ("Worst answers", _examples_table(ranked[:count]) if ranked else [], None)
+    write_report_file(path, f"{recipe.name}: {metrics['split']} split", intro, metrics, headline, body, worst)

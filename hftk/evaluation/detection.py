@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 from PIL import Image, ImageDraw
 from transformers.utils import ModelOutput
 
 from hftk.data.images import to_rgb
-from hftk.evaluation import eval_dir, load_metric, metrics_table, plot_learning_curves, write_metrics
+from hftk.evaluation import eval_dir, load_metric, plot_learning_curves, write_metrics
+from hftk.evaluation import write_report as write_report_file
 
 logger = logging.getLogger(__name__)
 
@@ -265,18 +267,9 @@ def draw_grid(
     grid.save(path)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.subplots()
     recall = np.linspace(0, 1, 101)
     for k, (name, precision) in enumerate(curves.items()):
         p = np.asarray(precision)
@@ -288,14 +281,13 @@ def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> None:
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, threshold: float) -> None:
-    plt = _pyplot()
     labels = [*names, "background"]
     side = min(16, 3 + 0.5 * len(labels))
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true")
     ax.set_title(f"detections (score >= {threshold:g}, IoU >= {MATCH_IOU:g})", fontsize=9)
@@ -308,7 +300,6 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, threshold: 
             )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_examples(image_at, count: int, out: Path, n: int) -> None:
@@ -326,15 +317,15 @@ def write_report(path: Path, recipe: Any, metrics: dict, headline: list[str], na
     rows = [
         f"- #{w['index']}: {w['missed']} missed, {w['false']} false, {w['wrong_class']} wrong class" for w in worst
     ]
-    text = [
-        f"# Evaluation of {recipe.name} on the {metrics['split']} split "
-        f"({metrics['num_examples']} images, {metrics['num_boxes']} boxes)",
-        "",
+    title = (
+        f"Evaluation of {recipe.name} on the {metrics['split']} split "
+        f"({metrics['num_examples']} images, {metrics['num_boxes']} boxes)"
+    )
+    intro = [
         "COCO metrics (pycocotools): mAP averages IoU 0.50:0.95; small/medium/large split objects at 32² and 96² px "
-        "(-1: none of that size).",
-        "",
-        metrics_table(metrics, headline),
-        "",
+        "(-1: none of that size)."
+    ]
+    body = [
         "## Per class",
         "",
         *per_class,
@@ -346,16 +337,10 @@ def write_report(path: Path, recipe: Any, metrics: dict, headline: list[str], na
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
-        "![learning curves](learning_curves.png)",
-        "",
         "## Gallery (true boxes thin white, detections in colour)",
         "",
         "![gallery](gallery.png)",
-        "",
-        "## Images with the most errors",
-        "",
-        *(rows or ["none"]),
-        "",
-        "![worst images](worst_images.png)" if worst else "",
     ]
-    path.write_text("\n".join(text) + "\n")
+    write_report_file(
+        path, title, intro, metrics, headline, body, ("Images with the most errors", rows, "worst_images.png")
+    )

@@ -9,25 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
 from hftk.data.images import to_rgb
-from hftk.evaluation import metrics_table
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from hftk.evaluation import write_report as write_report_file
 
 
 def plot_confusion_matrix(matrix: list[list[int]], names: list[str], out_png: Path) -> None:
-    plt = _pyplot()
     m = np.asarray(matrix)
     side = min(16, 2 + 0.45 * len(names))
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     ax.set(
         xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true", title="confusion matrix"
@@ -39,7 +31,6 @@ def plot_confusion_matrix(matrix: list[list[int]], names: list[str], out_png: Pa
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > m.max() / 2 else "black")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
 
 
 def write_worst_examples(
@@ -64,10 +55,10 @@ def write_worst_examples(
     (out / "worst_examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not rows:
         return rows
-    plt = _pyplot()
     cols = min(8, len(rows))
     lines = (len(rows) + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(1.7 * cols, 2.1 * lines + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.7 * cols, 2.1 * lines + 0.5))
+    axes = fig.subplots(lines, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
@@ -77,7 +68,6 @@ def write_worst_examples(
     fig.suptitle("most confident mistakes (true→predicted, confidence)", fontsize=9)
     fig.tight_layout(h_pad=1.2)
     fig.savefig(out / "worst_examples.png", dpi=100)
-    plt.close(fig)
     return rows
 
 
@@ -108,23 +98,8 @@ def write_report(
     mistakes = [
         f"- #{w['index']}: true {w['true']}, predicted {w['predicted']} ({w['confidence']:.2f})" for w in worst
     ]
-    text = [
-        f"# Evaluation of {recipe.name} on the {metrics['split']} split ({metrics['num_examples']} images)",
-        "",
-        metrics_table(metrics, headline),
-        "",
-        "## Per class",
-        "",
-        *per_class,
-        "",
-        "![confusion matrix](confusion_matrix.png)",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
-        "## Most confident mistakes",
-        "",
-        *(mistakes or ["none"]),
-        "",
-        "![most confident mistakes](worst_examples.png)" if worst else "",
-    ]
-    path.write_text("\n".join(text) + "\n")
+    title = f"Evaluation of {recipe.name} on the {metrics['split']} split ({metrics['num_examples']} images)"
+    body = ["## Per class", "", *per_class, "", "![confusion matrix](confusion_matrix.png)"]
+    write_report_file(
+        path, title, [], metrics, headline, body, ("Most confident mistakes", mistakes, "worst_examples.png")
+    )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hftk.evaluation import metrics_table
+from hftk.evaluation import write_report as write_report_file
 
 logger = logging.getLogger(__name__)
 
@@ -115,39 +115,28 @@ def write_report(
     path: Path, recipe: Any, metrics: dict, headline: list[str], samples: list[dict], history: list
 ) -> None:
     """``report.md``: headline metrics, final samples, and the first prompt's samples over training."""
-    lines = [
-        f"# {recipe.name}: {metrics['split']} split",
-        "",
+    intro = [
         f"`{recipe.model.name}` on `{recipe.data.name or recipe.data.path}`: {metrics['num_tokens']:,} tokens, "
         f"{metrics['num_bytes']:,} bytes ({metrics['num_bytes'] / max(1, metrics['num_tokens']):.2f} bytes/token).",
         "Bits per byte = total nats / ln 2 / UTF-8 bytes of the split (lower is better; comparable across "
         "tokenizers and with compressors).",
-        *(
-            [
-                f"dynamic_bits_per_byte: the split read once while the model adapts to it (dynamic evaluation: "
-                f"one {recipe.eval.dynamic_optimizer} step at rate {recipe.eval.dynamic_lr:g} after each "
-                f"{recipe.eval.dynamic_segment}-token "
-                "segment is scored; every token is predicted before the model learns from it)."
-            ]
-            if "dynamic_bits_per_byte" in metrics
-            else []
-        ),
-        "",
-        metrics_table(metrics, headline),
-        "",
-        "## Samples (temperature 0.8, top-p 0.95, seed 0)",
-        "",
     ]
+    if "dynamic_bits_per_byte" in metrics:
+        intro.append(
+            f"dynamic_bits_per_byte: the split read once while the model adapts to it (dynamic evaluation: "
+            f"one {recipe.eval.dynamic_optimizer} step at rate {recipe.eval.dynamic_lr:g} after each "
+            f"{recipe.eval.dynamic_segment}-token segment is scored; every token is predicted before the model "
+            "learns from it)."
+        )
+    body = ["## Samples (temperature 0.8, top-p 0.95, seed 0)", ""]
     for s in samples:
-        lines += [f"**Prompt:** `{s['prompt']}`", "", "```text", s["prompt"] + s["output"], "```", ""]
+        body += [f"**Prompt:** `{s['prompt']}`", "", "```text", s["prompt"] + s["output"], "```", ""]
     if history:
-        lines += ["## Samples during training (first prompt)", "", "| step | text |", "|---|---|"]
+        body += ["## Samples during training (first prompt)", "", "| step | text |", "|---|---|"]
         for row in history:
             text = (row["prompt"] + row["output"]).replace("\n", " ").replace("|", "\\|")[:200]
-            lines.append(f"| {row['step']} | {text} |")
-        lines.append("")
-    lines += ["![learning curves](learning_curves.png)", ""]
-    path.write_text("\n".join(lines))
+            body.append(f"| {row['step']} | {text} |")
+    write_report_file(path, f"{recipe.name}: {metrics['split']} split", intro, metrics, headline, body)
 
 
 def total_bytes(texts: list[str]) -> int:

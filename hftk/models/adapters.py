@@ -16,17 +16,16 @@ run keeps the base's full-precision config, so predict, evaluate and merge put t
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hftk import compat
 from hftk.errors import HftkError
 
 logger = logging.getLogger(__name__)
@@ -37,23 +36,6 @@ MODEL_CONFIG = "model_config.json"  # the trained model's config in an adapter r
 METHODS = ("lora", "dora", "ia3", "loha", "lokr")
 ATTENTION = re.compile(r"(^|\.)(q|v|query|value|q_proj|v_proj|qkv|c_attn|in_proj)$")
 FEEDFORWARD = re.compile(r"(^|\.)(fc2|wo|down_proj|c_proj|output\.dense|mlp\.fc2|linear2)$")
-
-
-def cached_per_run(load: Callable[[str], Any]) -> Callable[[str | Path], Any]:
-    """Cache a task's ``load_run_model(run_dir)`` per folder and per save: a run trained again in the same process
-    (tests, notebooks) is loaded again, because its config files are rewritten by every save."""
-
-    @functools.lru_cache(maxsize=4)
-    def cached(run_dir: str, stamp: tuple) -> Any:
-        return load(run_dir)
-
-    @functools.wraps(load)
-    def wrapper(run_dir: str | Path) -> Any:
-        files = [Path(run_dir) / name for name in ("config.json", ADAPTER_CONFIG, MODEL_CONFIG)]
-        return cached(str(run_dir), tuple(f.stat().st_mtime_ns if f.is_file() else 0 for f in files))
-
-    wrapper.cache_clear = cached.cache_clear
-    return wrapper
 
 
 def is_adapter_run(run_dir: Path) -> bool:
@@ -72,12 +54,9 @@ def _leaf_modules(model: torch.nn.Module, kinds: tuple, exclude: set[str]) -> li
 
 def default_targets(model: torch.nn.Module, method: str, head_modules: set[str]) -> tuple[list[str], list[str]]:
     """(target_modules, feedforward_modules) for ``method`` on ``model`` (feedforward only matters for IA3)."""
-    from peft.utils.constants import (
-        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
-        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
-        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
-    )
     from transformers.pytorch_utils import Conv1D
+
+    lora_targets, ia3_targets, ia3_feedforward = compat.peft_default_targets()
 
     model_type = getattr(model.config, "model_type", "")
     if method != "ia3" and _is_decoder_lm(model):
@@ -88,13 +67,13 @@ def default_targets(model: torch.nn.Module, method: str, head_modules: set[str])
         names = _leaf_modules(model, (torch.nn.Linear, Conv1D), exclude)
         if names:
             return sorted({n.rsplit(".", 1)[-1] for n in names}), []
-    if method == "ia3" and model_type in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+    if method == "ia3" and model_type in ia3_targets:
         return (
-            list(TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[model_type]),
-            list(TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING[model_type]),
+            list(ia3_targets[model_type]),
+            list(ia3_feedforward[model_type]),
         )
-    if method != "ia3" and model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
-        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type]), []
+    if method != "ia3" and model_type in lora_targets:
+        return list(lora_targets[model_type]), []
     linear = _leaf_modules(model, (torch.nn.Linear,), head_modules)
     attention = [n for n in linear if ATTENTION.search(n)]
     if method == "ia3":
@@ -167,18 +146,15 @@ def wrap_adapter(model: torch.nn.Module, cfg: Any, head_params: list[str]) -> to
     return wrapped
 
 
-def check_quantization(recipe: Any, task: Any) -> None:
-    """``model.peft.quantize=4bit`` needs an adapter, pretrained weights, a task that declares ``QUANTIZABLE``
-    (the text tasks) and bitsandbytes."""
+def check_quantization(recipe: Any, quantizable: bool, quantizable_tasks: list[str]) -> None:
+    """``model.peft.quantize=4bit`` needs an adapter, pretrained weights, a task whose spec says ``quantizable``
+    (the text tasks: ``quantizable_tasks``, named in the error) and bitsandbytes."""
     cfg = recipe.model
     if cfg.peft.quantize == "none":
         return
     where = f"model.peft.quantize={cfg.peft.quantize} (QLoRA)"
-    if not getattr(task, "QUANTIZABLE", False):
-        from hftk import tasks
-
-        quantizable = [t for t in tasks.TASKS if getattr(tasks.get_task(t), "QUANTIZABLE", False)]
-        raise HftkError(f"{where}: for the text tasks ({', '.join(quantizable)}), not {recipe.task}")
+    if not quantizable:
+        raise HftkError(f"{where}: for the text tasks ({', '.join(quantizable_tasks)}), not {recipe.task}")
     if cfg.peft.method == "none" or not cfg.pretrained:
         raise HftkError(f"{where}: trains an adapter on pretrained weights; set model.peft.method, model.pretrained")
     try:

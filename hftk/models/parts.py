@@ -55,12 +55,12 @@ def model_parts(model: torch.nn.Module, head_prefixes: Iterable[str] = ()) -> Mo
     if timm_model is not None and hasattr(timm_model, "group_matcher"):
         return _timm_parts(timm_model, "timm_model.", head)
     if getattr(model.config, "is_recurrent", False):
-        return ModelParts(_by_pattern(body, r"_l(\d+)(?:_reverse)?$"), head)
+        return ModelParts(by_pattern(body, r"_l(\d+)(?:_reverse)?$"), head)
     return ModelParts(_by_module_lists(model, body), head)
 
 
 def _timm_parts(timm_model: Any, prefix: str, head: list[str]) -> ModelParts:
-    from timm.models._manipulate import group_parameters
+    from timm.models import group_parameters
 
     groups = group_parameters(timm_model, timm_model.group_matcher(coarse=False))
     ordered = [[prefix + n for n in groups[k]] for k in sorted(groups)]
@@ -71,14 +71,15 @@ def _timm_parts(timm_model: Any, prefix: str, head: list[str]) -> ModelParts:
     return ModelParts([group for group in layers if group], sorted(head_names))
 
 
-def _by_pattern(names: list[str], pattern: str) -> list[list[str]]:
-    """Blocks numbered in parameter names (``weight_ih_l0``...); the rest goes before or after them."""
-    blocks: dict[int, list[str]] = {}
+def by_pattern(names: list[str], pattern: str) -> list[list[str]]:
+    """Blocks numbered in parameter names (``weight_ih_l0``, timm's ``blocks.<stage>.<block>``: every group of
+    ``pattern`` is a number, compared in order); the rest goes before or after them."""
+    blocks: dict[tuple[int, ...], list[str]] = {}
     before, after = [], []
     for name in names:
         match = re.search(pattern, name)
         if match:
-            blocks.setdefault(int(match.group(1)), []).append(name)
+            blocks.setdefault(tuple(int(g) for g in match.groups()), []).append(name)
         elif blocks:
             after.append(name)
         else:

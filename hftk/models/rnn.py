@@ -2,8 +2,8 @@
 
 The classic recurrent text generators, written as a ``PreTrainedConfig`` / ``PreTrainedModel`` pair with
 ``GenerationMixin`` and registered with ``AutoConfig`` / ``AutoModelForCausalLM`` under the model type
-``hftk_rnn`` (``cell: lstm`` or ``gru``). Importing this module registers them (hftk does when it builds or
-loads a text model), so after ``import hftk.models.rnn``:
+``hftk_rnn`` (``cell: lstm`` or ``gru``) by ``register()``, which ``hftk.register()`` calls (hftk does when it
+builds or loads a model), so after ``import hftk; hftk.register()``:
 
     model = AutoModelForCausalLM.from_pretrained("runs/lstm-python-docs")
     pipeline("text-generation", model="runs/lstm-python-docs")
@@ -182,6 +182,3 @@ def register() -> None:
         AutoModelForCausalLM.register(HftkRnnConfig, HftkRnnForCausalLM)
     except ValueError:  # already registered (module reloaded)
         pass
-
-
-register()

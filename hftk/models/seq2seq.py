@@ -17,8 +17,8 @@ token into (vocabulary transfer, as in Gee et al., 2022), so the model keeps wha
 cased text with a vocabulary a tenth of the size.
 
 ``ChatPipeline`` runs a run folder in ``transformers.pipeline``: transformers 5 removed ``text2text-generation``,
-so importing this module registers the pipeline task ``seq2seq-chat`` (text or a list of chat messages in, the
-answer out).
+so ``register_pipeline`` (called by ``hftk.register()``) registers the pipeline task ``seq2seq-chat`` (text or a list
+of chat messages in, the answer out).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSeq2SeqLM, Pipeline
 
+from hftk import compat
 from hftk.errors import HftkError
 from hftk.models import error_line, load_model
 from hftk.models.auto import log_loading_info, own_loading_report
@@ -51,6 +52,19 @@ def minilm_path() -> Path:
 def resolve_encoder(name: str) -> str:
     """A folder or Hub id for ``model.encoder``: a packaged short name (``minilm``) becomes its folder."""
     return str(packaged_folder(name)) if get_packaged(name) is not None else name
+
+
+def as_max_length(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``generate()`` arguments with ``max_new_tokens`` as ``max_length`` (+1: the decoder start token) and the other
+    settings at explicit values.
+
+    An encoder-decoder's output is the answer alone, so both mean the same; a generation_config with both set
+    makes every ``generate()`` warn, and ``Seq2SeqTrainer`` fills in ``max_length`` after its first evaluation.
+    """
+    out = {"num_beams": 1, "no_repeat_ngram_size": 0, **kwargs}
+    out["max_length"] = out.pop("max_new_tokens") + 1
+    out["max_new_tokens"] = None
+    return out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Any:
@@ -248,7 +262,7 @@ class ChatPipeline(Pipeline):
         return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
     def _forward(self, model_inputs: dict, **generate_kwargs: Any) -> dict:
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        generate_kwargs = compat.pipeline_generate_kwargs(self, generate_kwargs)
         return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
@@ -262,6 +276,3 @@ def register_pipeline() -> None:
 
     if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=ChatPipeline, pt_model=AutoModelForSeq2SeqLM)
-
-
-register_pipeline()

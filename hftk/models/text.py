@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hftk.errors import HftkError
 from hftk.generation import CONTEXT_KEYS, context_length
 from hftk.models import check_model_args, error_line, load_model
-from hftk.models.rnn import HftkRnnConfig  # importing rnn registers the hftk_rnn model type
+from hftk.models.rnn import HftkRnnConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,15 @@
-"""The task registry: task id -> module. Adding a task = one module + one line in ``TASKS``.
+"""The task registry: task id -> the module that declares its ``SPEC``. Adding a task = one module + one line here.
 
-Every task module provides the contract written in ``hftk/tasks/contract.py`` (checked when it is imported),
-so train/evaluate/predict/demo/card/push are written once for all tasks.
+Every task module builds one ``hftk.tasks.contract.TaskSpec`` named ``SPEC``, so train/evaluate/predict/demo/card/
+push/export are written once for all tasks.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
-from hftk.errors import HftkError
+from hftk.errors import HftkError, did_you_mean
+from hftk.tasks.contract import TaskSpec
 
 # task id (Hugging Face pipeline vocabulary) -> module; imported on first use so one task's heavy
 # dependencies never slow down another's.
@@ -21,10 +21,14 @@ TASKS: dict[str, str] = {
 }
 
 
-def get_task(task_id: str) -> ModuleType:
-    """Import and return the module implementing ``task_id`` (checked against the task contract)."""
-    from hftk.tasks.contract import check_task
-
+def get_task(task_id: str) -> TaskSpec:
+    """The spec of task ``task_id`` (its module imported on first use)."""
     if task_id not in TASKS:
-        raise HftkError(f"unknown task '{task_id}'; expected one of: {', '.join(TASKS)}")
-    return check_task(importlib.import_module(TASKS[task_id]))
+        guess = f"; {hint}" if (hint := did_you_mean(task_id, list(TASKS))) else ""
+        raise HftkError(f"unknown task '{task_id}'{guess} (expected one of: {', '.join(TASKS)})")
+    spec = getattr(importlib.import_module(TASKS[task_id]), "SPEC", None)
+    if not isinstance(spec, TaskSpec) or spec.task != task_id:
+        raise TypeError(
+            f"{TASKS[task_id]} must define SPEC = TaskSpec(task='{task_id}', ...) (hftk/tasks/contract.py)"
+        )
+    return spec

@@ -13,22 +13,20 @@ import torch
 from datasets import DatasetDict
 from transformers import Trainer, TrainingArguments
 
-from hftk.config import RECIPES_DIR, DataConfig, ModelConfig, Recipe, _field
+from hftk import runs
 from hftk.data.images import IMAGE_EXTENSIONS, load_image_data, open_image_file, to_rgb
 from hftk.errors import HftkError
-from hftk.evaluation import eval_dir, inference_device, load_metric, plot_learning_curves, read_metrics, write_metrics
-from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
+from hftk.evaluation import eval_dir, load_metric, plot_learning_curves, read_metrics, write_metrics
+from hftk.models.adapters import load_full_model
 from hftk.models.parts import ModelParts
 from hftk.models.parts import model_parts as read_parts
 from hftk.models.vision import build_image_classifier, load_image_processor, processor_spec
-from hftk.tasks.contract import TrainerInputs
+from hftk.sections import RECIPES_DIR, DataConfig, ModelConfig, Recipe, setting
+from hftk.tasks.contract import TaskSpec, TrainerInputs
 
 logger = logging.getLogger(__name__)
 
 TASK = "image-classification"
-PIPELINE_TAG = "image-classification"
-AUTO_MODEL = "AutoModelForImageClassification"
-DEFAULT_RECIPE = RECIPES_DIR / TASK / "resnet-mnist.yaml"
 TINY_OVERRIDES = [
     "data.name=digits",
     "data.image_size=16",
@@ -53,51 +51,45 @@ DETERMINISTIC_OVERRIDES = [
     "data.augment.scale=null",
 ]
 HEADLINE = ["accuracy", "top5_accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"]
-TRAIN_DEFAULTS = {"metric_for_best_model": "accuracy"}
-TRAINING_ARGUMENTS = TrainingArguments
-PIPELINE_EXAMPLE = 'print(pipe("image.png", top_k=5))  # [{"label": ..., "score": ...}, ...]'
 
 
 @dataclass
 class ImageModelConfig(ModelConfig):
     """The classifier: a timm architecture, a transformers model type (vit, resnet, convnext), a folder or Hub id."""
 
-    name: str = _field("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
+    name: str = setting("", "timm architecture (resnet18), transformers model type (vit), Hub id or local folder")
 
 
 @dataclass
 class AugmentConfig:
     """Training-time augmentation (validation and test images only go through the processor)."""
 
-    random_resized_crop: list[float] | None = _field(None, "scale range [min, max] of RandomResizedCrop; None: off")
-    crop_ratio: list[float] = _field([0.75, 1.3333], "aspect-ratio range of RandomResizedCrop")
-    hflip: bool = _field(False, "random horizontal flips (not for digits or text)")
-    degrees: float = _field(0.0, "random affine (applied to whole batches): max rotation in degrees")
-    translate: float = _field(0.0, "random affine: max shift as a fraction of the size")
-    scale: list[float] | None = _field(None, "random affine: zoom range [min, max]")
-    randaugment: bool = _field(False, "RandAugment (2 ops)")
-    randaugment_magnitude: int = _field(9, "RandAugment magnitude (0-30)")
-    mixup_alpha: float = _field(
+    random_resized_crop: list[float] | None = setting(None, "scale range [min, max] of RandomResizedCrop; None: off")
+    crop_ratio: list[float] = setting([0.75, 1.3333], "aspect-ratio range of RandomResizedCrop")
+    hflip: bool = setting(False, "random horizontal flips (not for digits or text)")
+    degrees: float = setting(0.0, "random affine (applied to whole batches): max rotation in degrees")
+    translate: float = setting(0.0, "random affine: max shift as a fraction of the size")
+    scale: list[float] | None = setting(None, "random affine: zoom range [min, max]")
+    randaugment: bool = setting(False, "RandAugment (2 ops)")
+    randaugment_magnitude: int = setting(9, "RandAugment magnitude (0-30)")
+    mixup_alpha: float = setting(
         0.0, "mixup alpha (0: off); soft targets, label smoothing from train.label_smoothing_factor"
     )
-    cutmix_alpha: float = _field(0.0, "cutmix alpha (0: off)")
+    cutmix_alpha: float = setting(0.0, "cutmix alpha (0: off)")
 
 
 @dataclass
 class ImageDataConfig(DataConfig):
     """Image data: embedded mnist-5k/digits, a local imagefolder, or a Hub dataset."""
 
-    image_column: str = _field("image", "column holding the images")
-    label_column: str = _field("label", "column holding the class labels")
-    image_size: int | None = _field(None, "square input size; None: the model's own (224 for most)")
-    samples_per_class: int | None = _field(
+    image_column: str = setting("image", "column holding the images")
+    label_column: str = setting("label", "column holding the class labels")
+    image_size: int | None = setting(None, "square input size; None: the model's own (224 for most)")
+    samples_per_class: int | None = setting(
         None, "label budget: keep at most this many training images per class (drawn with split_seed); None: all"
     )
-    on_bad_image: Literal["skip", "error"] = _field("skip", "unreadable images: skip with a warning, or stop")
-    augment: AugmentConfig = _field(AugmentConfig(), "training augmentation")
-
-
-CONFIG_CLASSES = {"model": ImageModelConfig, "data": ImageDataConfig}
+    on_bad_image: Literal["skip", "error"] = setting("skip", "unreadable images: skip with a warning, or stop")
+    augment: AugmentConfig = setting(AugmentConfig(), "training augmentation")
 
 
 def load_data(recipe: Recipe) -> DatasetDict:
@@ -244,13 +236,11 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
     return ImageClassificationTrainer(augment=aug, **kwargs)
 
 
-@cached_per_run
-def load_run_model(run_dir: str) -> tuple[Any, Any]:
+def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
     """The run's final model (on the inference device) and processor, loaded as any transformers user would."""
     from transformers import AutoModelForImageClassification
 
-    model = load_run_weights(AutoModelForImageClassification, run_dir)
-    return model.to(inference_device()).eval(), load_image_processor(run_dir, model.config)
+    return runs.load_run_model(run_dir, AutoModelForImageClassification, load_image_processor)
 
 
 @torch.no_grad()
@@ -294,24 +284,6 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     return metrics
 
 
-def example_inputs(run_dir: Path, count: int) -> list[str]:
-    """Test-split images saved by the evaluation (one per class first), as file paths."""
-    return sorted(str(p) for p in (Path(run_dir) / "eval" / "examples").glob("*.png"))[:count]
-
-
-def _expand_inputs(inputs: list) -> list:
-    expanded = []
-    for item in inputs:
-        if isinstance(item, (str, Path)) and Path(item).is_dir():
-            files = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                raise HftkError(f"{item}: no images in this folder")
-            expanded += files
-        else:
-            expanded.append(item)
-    return expanded
-
-
 def _pipeline(run_dir: Path):
     from transformers import pipeline
 
@@ -330,7 +302,7 @@ def predict(run_dir: Path, inputs: list, stream: Any = None, *, top_k: int = 5, 
         raise HftkError(f"--top-k {top_k}: expected a positive number")
     if batch_size < 1:
         raise HftkError(f"--batch-size {batch_size}: expected a positive number")
-    items = _expand_inputs(list(inputs))
+    items = runs.expand_inputs(inputs, IMAGE_EXTENSIONS, "images")
     classifier = _pipeline(Path(run_dir))
     k = min(top_k, classifier.model.config.num_labels)
     results = []
@@ -351,12 +323,11 @@ def onnx_graphs(run_dir: Path, batch_size: int) -> list:
     """The classifier as one ONNX graph: ``pixel_values`` (dynamic batch) -> ``logits``, checked on test images."""
     from transformers import AutoModelForImageClassification
 
-    from hftk.evaluation import load_run_recipe
     from hftk.export import NamedOutputs, OnnxGraph
 
     model = load_full_model(AutoModelForImageClassification, run_dir).eval()
     processor = load_image_processor(str(run_dir), model.config)
-    test = load_data(load_run_recipe(run_dir))["test"]
+    test = load_data(runs.load_run_recipe(run_dir))["test"]
     images = [to_rgb(im) for im in test.select(range(min(batch_size, len(test))))["image"]]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     module = NamedOutputs(model, ["pixel_values"], ["logits"])
@@ -366,4 +337,30 @@ def onnx_graphs(run_dir: Path, batch_size: int) -> list:
 def demo(run_dir: Path):
     from hftk.demos.image_classification import build_demo
 
-    return build_demo(Path(run_dir), predict, read_metrics(Path(run_dir)), HEADLINE, example_inputs(run_dir, 64))
+    examples = runs.saved_examples(run_dir, 64)
+    return build_demo(Path(run_dir), predict, read_metrics(Path(run_dir)), HEADLINE, examples)
+
+
+SPEC = TaskSpec(
+    task=TASK,
+    pipeline_tag="image-classification",
+    auto_model="AutoModelForImageClassification",
+    default_recipe=RECIPES_DIR / TASK / "resnet-mnist.yaml",
+    headline=HEADLINE,
+    config_classes={"model": ImageModelConfig, "data": ImageDataConfig},
+    training_arguments=TrainingArguments,
+    pipeline_example='print(pipe("image.png", top_k=5))  # [{"label": ..., "score": ...}, ...]',
+    tiny_overrides=TINY_OVERRIDES,
+    load_data=load_data,
+    build_model=build_model,
+    prepare_datasets=prepare_datasets,
+    build_trainer=build_trainer,
+    evaluate_report=evaluate_report,
+    example_inputs=runs.saved_examples,
+    predict=predict,
+    demo=demo,
+    train_defaults={"metric_for_best_model": "accuracy"},
+    deterministic_overrides=DETERMINISTIC_OVERRIDES,
+    model_parts=model_parts,
+    onnx_graphs=onnx_graphs,
+)

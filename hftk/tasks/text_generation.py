@@ -20,26 +20,23 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import Trainer, TrainingArguments
 
-from hftk import generation
-from hftk.config import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, _field
+from hftk import generation, runs
 from hftk.data import lm
 from hftk.data.text import load_text_data
 from hftk.errors import HftkError
-from hftk.evaluation import eval_dir, inference_device, plot_learning_curves, read_metrics, write_metrics
+from hftk.evaluation import eval_dir, plot_learning_curves, read_metrics, write_metrics
 from hftk.evaluation import text as report
-from hftk.generation import context_length
-from hftk.models.adapters import cached_per_run, load_full_model, load_run_weights
+from hftk.generation import DecodingOptions, context_length
+from hftk.models.adapters import load_full_model
 from hftk.models.parts import ModelParts
 from hftk.models.parts import model_parts as read_parts
 from hftk.models.text import RNN_CELLS, build_causal_lm, load_tokenizer
-from hftk.tasks.contract import TrainerInputs
+from hftk.sections import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, setting
+from hftk.tasks.contract import TaskSpec, TrainerInputs
 
 logger = logging.getLogger(__name__)
 
 TASK = "text-generation"
-PIPELINE_TAG = "text-generation"
-AUTO_MODEL = "AutoModelForCausalLM"
-DEFAULT_RECIPE = RECIPES_DIR / TASK / "gpt-python-docs.yaml"
 TINY_OVERRIDES = [
     "budget.minutes=null",
     "model.model_args={n_layer: 1, n_embd: 32, n_head: 2}",
@@ -56,60 +53,55 @@ TINY_OVERRIDES = [
     "eval.dynamic_lr=null",
 ]
 HEADLINE = ["bits_per_byte", "dynamic_bits_per_byte", "perplexity", "loss"]  # dynamic: when eval.dynamic_lr is set
-TRAIN_DEFAULTS = {"metric_for_best_model": "bits_per_byte", "greater_is_better": False}
-TRAINING_ARGUMENTS = TrainingArguments
-PIPELINE_EXAMPLE = 'print(pipe("The", max_new_tokens=50, do_sample=True)[0]["generated_text"])'
+# what `hftk predict`, the demo and the report's samples draw with unless told otherwise
+SAMPLING = DecodingOptions(max_new_tokens=100, temperature=0.8, top_k=0, top_p=0.95, repetition_penalty=1.0)
 
 
 @dataclass
 class TextModelConfig(ModelConfig):
     """The language model: gpt2 (or any transformers model type) from a config, lstm, gru, or pretrained."""
 
-    name: str = _field("gpt2", "lstm, gru, a transformers model type (gpt2, llama...), a Hub id or a local folder")
+    name: str = setting("gpt2", "lstm, gru, a transformers model type (gpt2, llama...), a Hub id or a local folder")
 
 
 @dataclass
 class TextDataConfig(DataConfig):
     """Text: embedded python-docs, a .txt file or folder, jsonl/csv with a text column, or a Hub dataset."""
 
-    name: str | None = _field("python-docs", "python-docs (embedded) or a Hub dataset id (e.g. Salesforce/wikitext)")
-    text_column: str = _field("text", "column holding the text (jsonl, csv, Hub datasets)")
-    join_rows: str | None = _field(
+    name: str | None = setting("python-docs", "python-docs (embedded) or a Hub dataset id (e.g. Salesforce/wikitext)")
+    text_column: str = setting("text", "column holding the text (jsonl, csv, Hub datasets)")
+    join_rows: str | None = setting(
         None, "rows are lines of one text (WikiText): join each split's rows with this separator, e.g. ''"
     )
-    encoding_errors: Literal["strict", "replace"] = _field(
+    encoding_errors: Literal["strict", "replace"] = setting(
         "strict", "files that are not UTF-8: stop, or replace bad bytes"
     )
-    block_size: int = _field(256, "tokens per training example (at most the model's context)")
-    packing: bool = _field(True, "pack the token stream into full blocks; false: one example per document")
-    random_offsets: bool = _field(True, "packed blocks start anywhere in the stream (differs every epoch)")
-    eval_stride: int | None = _field(None, "new tokens scored per evaluation window (None: block_size/2)")
-    vocab_size: int = _field(4096, "size of the byte-level BPE vocabulary trained on the training split")
-    min_frequency: int = _field(2, "BPE: pairs seen fewer times are not merged")
-    tokenizer: str | None = _field(None, "use this tokenizer (folder or Hub id) instead of training one")
+    block_size: int = setting(256, "tokens per training example (at most the model's context)")
+    packing: bool = setting(True, "pack the token stream into full blocks; false: one example per document")
+    random_offsets: bool = setting(True, "packed blocks start anywhere in the stream (differs every epoch)")
+    eval_stride: int | None = setting(None, "new tokens scored per evaluation window (None: block_size/2)")
+    vocab_size: int = setting(4096, "size of the byte-level BPE vocabulary trained on the training split")
+    min_frequency: int = setting(2, "BPE: pairs seen fewer times are not merged")
+    tokenizer: str | None = setting(None, "use this tokenizer (folder or Hub id) instead of training one")
 
 
 @dataclass
 class TextEvalConfig(EvalConfig):
     """Evaluation: bits per byte on the split, and samples from fixed prompts."""
 
-    batch_size: int = _field(16, "evaluation batch size (windows of block_size tokens)")
-    prompts: list[str] = _field(
+    batch_size: int = setting(16, "evaluation batch size (windows of block_size tokens)")
+    prompts: list[str] = setting(
         ["The", "A function", "If the"], "prompts sampled at each evaluation and in the report"
     )
-    sample_tokens: int = _field(48, "tokens generated per prompt sample")
-    dynamic_lr: float | None = _field(
+    sample_tokens: int = setting(48, "tokens generated per prompt sample")
+    dynamic_lr: float | None = setting(
         None, "also score the split with dynamic evaluation: learning rate for adapting as it reads (None: off)"
     )
-    dynamic_segment: int = _field(16, "dynamic evaluation: tokens scored between two updates")
-    dynamic_optimizer: Literal["sgd", "rms"] = _field(
+    dynamic_segment: int = setting(16, "dynamic evaluation: tokens scored between two updates")
+    dynamic_optimizer: Literal["sgd", "rms"] = setting(
         "sgd",
         "dynamic evaluation: sgd (plain steps) or rms (steps scaled by each weight's gradient RMS; transformers)",
     )
-
-
-QUANTIZABLE = True  # model.peft.quantize=4bit: QLoRA on a pretrained language model (hftk.models.adapters)
-CONFIG_CLASSES = {"model": TextModelConfig, "data": TextDataConfig, "eval": TextEvalConfig}
 
 
 def load_data(recipe: Recipe) -> DatasetDict:
@@ -227,27 +219,31 @@ def prompt_inputs(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) 
 
 
 def sample_continuations(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """One sampled continuation per prompt (temperature 0.8, top-p 0.95, seed 0: comparable over steps)."""
+    """One sampled continuation per prompt (temperature 0.8, top-p 0.95, seed 0: comparable over steps; drawn from
+    their own generator, so training's random stream goes on as if no sample had been drawn)."""
     samples = []
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):  # training's RNG
-        for prompt in prompts:  # stream goes on as if no sample had been drawn
-            torch.manual_seed(0)
-            inputs, new = prompt_inputs(model, tokenizer, prompt, max_new_tokens)
-            options = generation.generation_options(max_new_tokens=new, temperature=0.8, top_p=0.95, top_k=0)
-            text = generation.generate_texts(model, tokenizer, inputs, **options)[0]
-            samples.append({"prompt": prompt, "output": text})
+    for prompt in prompts:
+        inputs, new = prompt_inputs(model, tokenizer, prompt, max_new_tokens)
+        options = DecodingOptions(max_new_tokens=new, seed=0).over(SAMPLING).generate_kwargs()
+        text = generation.generate_texts(model, tokenizer, inputs, **options)[0]
+        samples.append({"prompt": prompt, "output": text})
     return samples
 
 
-@cached_per_run
-def load_run_model(run_dir: str) -> tuple[Any, Any]:
-    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_run_tokenizer(run_dir: str, config: Any = None) -> Any:
+    """The run's tokenizer, padding with its end-of-text token when it has no pad token."""
+    from transformers import AutoTokenizer
 
-    model = load_run_weights(AutoModelForCausalLM, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    return model.to(inference_device()).eval(), tokenizer
+    return tokenizer
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
+    """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would."""
+    from transformers import AutoModelForCausalLM
+
+    return runs.load_run_model(run_dir, AutoModelForCausalLM, load_run_tokenizer)
 
 
 def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]:
@@ -291,20 +287,18 @@ def dynamic_metrics(
 
 
 def iter_generate(
-    run_dir: Path, prompt: str, stop: threading.Event | None = None, seed: int | None = None, **options: Any
+    run_dir: Path, prompt: str, stop: threading.Event | None = None, decoding: DecodingOptions = SAMPLING
 ) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece as tokens are generated (``stop`` ends it early)."""
-    kwargs = generation.generation_options(**options)
+    kwargs = decoding.over(SAMPLING).generate_kwargs()
     model, tokenizer = load_run_model(run_dir)
     inputs, kwargs["max_new_tokens"] = prompt_inputs(model, tokenizer, prompt, kwargs["max_new_tokens"])
-    yield from generation.stream_generate(model, tokenizer, inputs, stop, seed, **kwargs)
+    yield from generation.stream_generate(model, tokenizer, inputs, stop, **kwargs)
 
 
 def example_inputs(run_dir: Path, count: int) -> list[str]:
     """The recipe's sample prompts, then the first words of test documents."""
-    from hftk.evaluation import load_run_recipe
-
-    recipe = load_run_recipe(run_dir)
+    recipe = runs.load_run_recipe(run_dir)
     prompts = list(recipe.eval.prompts)
     for text in load_data(recipe)["test"]["text"][:count]:
         words = text.split()[:4]
@@ -318,36 +312,24 @@ def predict(
     inputs: list[str],
     stream: Any = None,
     *,
-    max_new_tokens: int = 100,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
+    decoding: DecodingOptions = SAMPLING,
 ) -> list[dict]:
     """Continue each prompt; ``stream`` (a file such as sys.stdout) shows the text as it is generated.
 
-    ``temperature`` 0 is greedy; ``top_k`` 0 is off; ``seed`` makes sampling repeatable.
+    ``decoding.temperature`` 0 is greedy; ``top_k`` 0 is off; ``seed`` makes sampling repeatable.
 
     Returns:
         One ``{"input": prompt, "generated_text": prompt + continuation, "continuation": str}`` per prompt,
         the shape ``pipeline("text-generation")`` uses for ``generated_text``.
     """
-    options = dict(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-    )
-    generation.generation_options(**options)  # bad options fail before any output
+    decoding.over(SAMPLING).check()  # bad options fail before any output
     results = []
     for prompt in inputs:
         if stream is not None:
             stream.write(prompt)
             stream.flush()
         pieces = []
-        for piece in iter_generate(Path(run_dir), str(prompt), seed=seed, **options):
+        for piece in iter_generate(Path(run_dir), str(prompt), decoding=decoding):
             pieces.append(piece)
             if stream is not None:
                 stream.write(piece)
@@ -362,14 +344,13 @@ def predict(
 def onnx_graphs(run_dir: Path, batch_size: int) -> list:
     """The language model as one ONNX graph: ``input_ids`` + ``attention_mask`` -> ``logits`` (no key/value cache:
     each call scores a whole window), dynamic batch and length up to the context, checked on test-split windows."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from hftk.evaluation import load_run_recipe
     from hftk.export import NamedOutputs, OnnxGraph
 
     model = load_full_model(AutoModelForCausalLM, run_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    recipe = load_run_recipe(run_dir)
+    tokenizer = load_run_tokenizer(str(run_dir))
+    recipe = runs.load_run_recipe(run_dir)
     context = context_length(model.config)
     length = min(recipe.data.block_size, 64, (context // 2) if context else 64)
     stream = lm.token_stream(tokenizer, load_data(recipe)["test"]["text"])
@@ -387,4 +368,29 @@ def demo(run_dir: Path):
     from hftk.demos.text_generation import build_demo
 
     metrics = read_metrics(Path(run_dir))
-    return build_demo(Path(run_dir), iter_generate, metrics, HEADLINE, example_inputs(Path(run_dir), 5))
+    return build_demo(Path(run_dir), iter_generate, metrics, HEADLINE, example_inputs(Path(run_dir), 5), SAMPLING)
+
+
+SPEC = TaskSpec(
+    task=TASK,
+    pipeline_tag="text-generation",
+    auto_model="AutoModelForCausalLM",
+    default_recipe=RECIPES_DIR / TASK / "gpt-python-docs.yaml",
+    headline=HEADLINE,
+    config_classes={"model": TextModelConfig, "data": TextDataConfig, "eval": TextEvalConfig},
+    training_arguments=TrainingArguments,
+    pipeline_example='print(pipe("The", max_new_tokens=50, do_sample=True)[0]["generated_text"])',
+    tiny_overrides=TINY_OVERRIDES,
+    load_data=load_data,
+    build_model=build_model,
+    prepare_datasets=prepare_datasets,
+    build_trainer=build_trainer,
+    evaluate_report=evaluate_report,
+    example_inputs=example_inputs,
+    predict=predict,
+    demo=demo,
+    train_defaults={"metric_for_best_model": "bits_per_byte", "greater_is_better": False},
+    model_parts=model_parts,
+    quantizable=True,  # QLoRA on a pretrained language model (hftk.models.adapters)
+    onnx_graphs=onnx_graphs,
+)

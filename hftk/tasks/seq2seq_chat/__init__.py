@@ -1,0 +1,47 @@
+"""Seq2seq chat: encoder-decoder models that answer a message given the conversation so far.
+
+``config`` holds the task's facts and recipe sections, ``training`` what trains a run, ``serving`` what serves one
+(evaluation beside a retrieval baseline, predict, `hftk chat`, the demo). This module declares the task's spec.
+"""
+
+from transformers import Seq2SeqTrainingArguments
+
+from hftk.models import seq2seq
+from hftk.sections import RECIPES_DIR
+from hftk.tasks.contract import TaskSpec
+from hftk.tasks.seq2seq_chat import serving, training
+from hftk.tasks.seq2seq_chat.config import (
+    DETERMINISTIC_OVERRIDES,
+    HEADLINE,
+    TASK,
+    TINY_OVERRIDES,
+    ChatDataConfig,
+    ChatEvalConfig,
+    ChatModelConfig,
+)
+
+SPEC = TaskSpec(
+    task=TASK,
+    pipeline_tag="text2text-generation",  # the Hub's tag; transformers 5 removed that pipeline: see pipeline_task
+    auto_model="AutoModelForSeq2SeqLM",
+    default_recipe=RECIPES_DIR / TASK / "minilm-chatterbot.yaml",
+    headline=HEADLINE,
+    config_classes={"model": ChatModelConfig, "data": ChatDataConfig, "eval": ChatEvalConfig},
+    training_arguments=Seq2SeqTrainingArguments,
+    pipeline_example='print(pipe("Hello, how are you?")[0]["generated_text"])',
+    tiny_overrides=TINY_OVERRIDES,
+    load_data=training.load_data,
+    build_model=training.build_model,
+    prepare_datasets=training.prepare_datasets,
+    build_trainer=training.build_trainer,
+    evaluate_report=serving.evaluate_report,
+    example_inputs=serving.example_inputs,
+    predict=serving.predict,
+    demo=serving.demo,
+    train_defaults={"metric_for_best_model": "chrf", "greater_is_better": True, "predict_with_generate": True},
+    pipeline_task=seq2seq.PIPELINE_TASK,  # pipeline("seq2seq-chat", model=RUN)
+    deterministic_overrides=DETERMINISTIC_OVERRIDES,
+    model_parts=training.model_parts,
+    quantizable=True,  # QLoRA on a pretrained language model (hftk.models.adapters)
+    chat=serving.chat,
+)

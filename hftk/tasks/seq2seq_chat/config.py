@@ -1,0 +1,84 @@
+"""Seq2seq chat's facts and recipe sections: the model, data and evaluation settings a chat recipe has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from hftk.generation import DecodingOptions
+from hftk.sections import DataConfig, EvalConfig, ModelConfig, setting
+
+TASK = "seq2seq-chat"
+TINY_OVERRIDES = [
+    "model.name=t5",
+    "model.model_args={d_model: 32, d_kv: 16, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2}",
+    "model.generation.max_new_tokens=8",
+    "data.tokenizer=train",
+    "data.vocab_size=300",
+    "data.max_train_samples=64",
+    "data.max_eval_samples=8",
+    "budget.minutes=null",
+    "train.max_steps=8",
+    "train.per_device_train_batch_size=8",
+    "train.learning_rate=3e-3",
+    "train.eval_strategy=steps",
+    "train.eval_steps=4",
+    "train.save_strategy=steps",
+    "train.save_steps=4",
+    "train.logging_steps=2",
+]
+# the distributed equivalence test: T5's attention dropout is a float each layer keeps from its config (not an
+# nn.Dropout that regularization.dropout reaches), so it is switched off in the config itself; with
+# group_by_length the Trainer also samples *evaluation* batches by length, and on 2 processes the padded last
+# batch then reaches the metrics twice
+DETERMINISTIC_OVERRIDES = ["model.model_args.dropout_rate=0.0", "train.train_sampling_strategy=random"]
+HEADLINE = ["chrf", "bleu", "rougeL", "exact_match", "novel_chrf", "retrieval_chrf", "retrieval_novel_chrf"]
+
+
+@dataclass
+class ChatModelConfig(ModelConfig):
+    """The encoder-decoder: t5 (or another model type) from a config, a seq2seq checkpoint, or encoder-decoder."""
+
+    name: str = setting("t5", "t5 (random init), a Hub id / folder (google/flan-t5-small), or encoder-decoder")
+    encoder: str = setting("minilm", "encoder-decoder: pretrained encoder (minilm, a BERT-style folder or Hub id)")
+    decoder: Literal["encoder", "random"] = setting(
+        "encoder", "encoder-decoder: decoder initialised from the encoder's weights, or at random"
+    )
+    generation: DecodingOptions = setting(
+        DecodingOptions(), "decoding saved with the model (unset: greedy, 128 new tokens at most)"
+    )
+
+
+@dataclass
+class ChatDataConfig(DataConfig):
+    """Conversations: embedded chatterbot-english, jsonl/csv (input/target or messages), or a Hub dataset."""
+
+    name: str | None = setting("chatterbot-english", "chatterbot-english (embedded) or a Hub dataset id")
+    input_column: str = setting("input", "column with the message (input/target layout)")
+    target_column: str = setting("target", "column with the response (input/target layout)")
+    messages_column: str = setting("messages", "column with a list of {role, content} turns (chat layout)")
+    history_turns: int = setting(2, "earlier turns given to the model before the message (0: the message alone)")
+    deduplicate: bool = setting(False, "train on each distinct (history, message, response) once")
+    retrieve: bool = setting(
+        False, "the model also reads the nearest training exchange (TF-IDF) and decides what to keep of its answer"
+    )
+    turn_separator: str = setting(" | ", "text between turns in the model input")
+    max_input_length: int = setting(128, "input tokens; longer histories lose their oldest turns")
+    max_target_length: int = setting(256, "response tokens learnt (longer responses are cut, and counted in the log)")
+    tokenizer: str | None = setting(
+        None, "None: the pretrained model's own (or a trained one); 'train': BPE trained on the split; a folder/Hub id"
+    )
+    vocab_size: int = setting(4096, "size of a trained byte-level BPE vocabulary")
+    min_frequency: int = setting(2, "BPE: pairs seen fewer times are not merged")
+
+
+@dataclass
+class ChatEvalConfig(EvalConfig):
+    """Evaluation: generated answers scored beside a retrieval baseline; best and worst answers in the report."""
+
+    batch_size: int = setting(32, "evaluation batch size (messages generated at once)")
+    worst_examples: int = setting(8, "how many best and worst answers report.md shows")
+
+
+# what a chat run generates with where its recipe leaves model.generation unset
+ANSWERS = DecodingOptions(max_new_tokens=128, temperature=0.0, num_beams=1, no_repeat_ngram_size=0)
