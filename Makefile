@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install quickstart test test-all bench demo quality clean
+.PHONY: install quickstart test test-all bench bench-gpu demo quality clean
 
 $(BIN)/hftk: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ BENCHMARKS := image_classification text_generation seq2seq_chat object_detection
 
 bench: install  ## every speed and quality benchmark (hours on a CPU); results go to benchmarks/RESULTS.md
 	set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; done
+
+bench-gpu: install  ## one call on a CUDA machine (~8 min, one H100/H200): hftk beside the plain way, "gpu" section of RESULTS.md
+	$(BIN)/python benchmarks/gpu.py
 
 demo: install  ## open the demo of the newest run
 	$(BIN)/hftk demo $$(ls -td runs/*/ | head -n 1)
