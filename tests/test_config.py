@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hftk.config import RECIPES_DIR, load_recipe, parse_overrides
 from hftk.errors import HftkError
@@ -14,7 +15,8 @@ RECIPES = sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name != "ac
 def test_every_shipped_recipe_loads_and_starts_with_its_command(path):
     recipe = load_recipe(path)
     assert recipe.task == path.parent.name
-    assert recipe.model.name
+    raw = yaml.safe_load(path.read_text())
+    assert recipe.model.name == raw["model"]["name"] and recipe.name == path.stem  # the file's own, not a default
     head = path.read_text().splitlines()[:3]
     assert head[0].startswith("# ") and any("hftk train" in line for line in head), "recipes open with their command"
 

@@ -19,6 +19,8 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import hftk
+from hftk.config import load_recipe
+from hftk.generation import DecodingOptions
 from hftk.tasks import TASKS, get_task
 from hftk.tasks.contract import TaskSpec, parse_predict_options, predict_options
 
@@ -49,6 +51,22 @@ def tiny_run(request, tmp_path_factory):
     return get_task(task_id), run_dir
 
 
+# the same decoding on both sides of the pipeline/predict comparison (greedy, a few tokens)
+PIPELINE_OPTIONS = {"text-generation": {"do_sample": False, "max_new_tokens": 4}}
+PREDICT_OPTIONS = {"text-generation": {"decoding": DecodingOptions(max_new_tokens=4, temperature=0)}}
+
+
+def _main_answer(task, result):
+    """What a pipeline and ``predict`` must agree on: the top label, the boxes' labels, the generated text."""
+    boxes = result.get("detections") if isinstance(result, dict) else result
+    if isinstance(boxes, list) and all("box" in d for d in boxes):  # object detection: labelled boxes
+        return sorted((d["label"], *d["box"].values()) for d in boxes)
+    result = result[0] if isinstance(result, list) else result
+    if "predictions" in result:
+        return result["predictions"][0]["label"]
+    return result.get("generated_text", result.get("label"))
+
+
 def _deterministic(task) -> dict:
     """``seed=0`` for a task whose predict samples (as `hftk predict RUN ... --seed 0` would pass it)."""
     return (
@@ -62,7 +80,8 @@ def test_every_task_module_provides_the_contract():
     for task_id in TASK_IDS:
         task = get_task(task_id)
         assert isinstance(task, TaskSpec) and task.task == task_id
-        assert task.default_recipe.is_file() and task.headline
+        assert load_recipe(task.default_recipe).task == task_id
+        assert task.train_defaults["metric_for_best_model"] == task.headline[0], "models are selected on the headline"
         assert issubclass(task.training_arguments, transformers.TrainingArguments)
         assert hasattr(transformers, task.auto_model)
 
@@ -97,7 +116,10 @@ def test_run_reloads_with_its_auto_class_and_runs_in_pipeline(tiny_run, tmp_path
     assert model.config.architectures
     hftk.register()  # hftk's pipeline tasks and model types, as the card's usage snippet says
     pipe = transformers.pipeline(task.pipeline_task or task.pipeline_tag, model=str(run_dir), device="cpu")
-    assert pipe(task.example_inputs(run_dir, 1)[0])
+    example = task.example_inputs(run_dir, 1)[0]
+    assert _main_answer(task, pipe(example, **PIPELINE_OPTIONS.get(task.pipeline_tag, {}))) == _main_answer(
+        task, task.predict(run_dir, [example], **PREDICT_OPTIONS.get(task.pipeline_tag, {}))[0]
+    ), "the pipeline on the run folder answers as hftk predict does"
 
 
 def test_predict_shape_and_the_same_results_from_a_copy(tiny_run, tmp_path):
