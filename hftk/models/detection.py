@@ -71,7 +71,7 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
     def prepare(config: Any) -> None:
         _check_detector(config, cfg.name)
         if hasattr(config, "freeze_backbone_batch_norms") and "freeze_backbone_batch_norms" not in cfg.model_args:
-            if norms != "auto" or random_backbone:  # else the checkpoint's own choice
+            if norms != "auto" or train_norms:  # else the checkpoint's own choice
                 config.freeze_backbone_batch_norms = not train_norms  # frozen norms of a random init: identities
         if image_size and config.model_type == "yolos":
             config.image_size = [image_size, image_size]
