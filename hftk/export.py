@@ -22,7 +22,7 @@ import logging
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class OnnxGraph:
     dynamic: dict[str, dict[int, str]]  # input -> {axis: name}; axes sharing a name share a size
     max_sizes: dict[str, int] | None = None  # axis name -> largest size (e.g. the model's context)
     tolerance: float = 1e-4
+    per_example: bool = False  # a batch-1 graph that ONNX Runtime runs once per example (set by export_graph)
 
 
 class NamedOutputs(torch.nn.Module):
@@ -100,16 +101,48 @@ def export_run(run_dir: Path, fmt: str = "onnx", out_dir: Path | None = None, ba
     report = {"run": str(run_dir), "task": task.task, "format": fmt, "graphs": []}
     for graph in task.onnx_graphs(run_dir, batch_size):
         path = out_dir / f"{graph.name}.onnx"
-        export_graph(graph, path)
-        entry = {"file": path.name, **check_parity(graph, path), **measure_latency(graph, path)}
+        graph = export_graph(graph, path)
+        batch = "1, run once per example" if graph.per_example else "dynamic"
+        entry = {"file": path.name, "batch": batch, **check_parity(graph, path), **measure_latency(graph, path)}
         report["graphs"].append(entry)
         logger.info("%s: max |onnx - torch| %.2e (tolerance %.0e)", path.name, entry["max_abs_error"], graph.tolerance)
     (out_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def export_graph(graph: OnnxGraph, path: Path) -> None:
-    """``torch.onnx.export`` with the graph's dynamic axes (the dynamo exporter takes ``torch.export.Dim``s)."""
+def export_graph(graph: OnnxGraph, path: Path) -> OnnxGraph:
+    """``torch.onnx.export`` with the graph's dynamic axes (the dynamo exporter takes ``torch.export.Dim``s).
+
+    An architecture whose forward reads the batch size into Python (RT-DETR in transformers 5.24 takes ``len()`` of
+    a tensor) comes out with the batch fixed at the example's size, or does not export with a dynamic batch at all.
+    Then the graph is exported again at batch 1 without a batch axis, and ONNX Runtime runs it once per example:
+    the same outputs, checked for parity like any other graph. Returns the graph as exported.
+    """
+    try:
+        _export(graph, path)
+        _check_dynamic_axes(graph, path)
+        return graph
+    except (_BatchFixed, HftkError) as err:
+        if not any(axes.get(0) for axes in graph.dynamic.values()):
+            raise
+        others = {name: {a: n for a, n in axes.items() if a != 0} for name, axes in graph.dynamic.items()}
+        single = replace(graph, inputs=_resize_batch(graph.inputs, 1), dynamic=others, per_example=True)
+        try:
+            _export(single, path)
+            _check_dynamic_axes(single, path)
+        except HftkError:
+            raise err from None
+        logger.info(
+            "%s: no graph with a dynamic batch (%s); exported at batch 1, run once per example", graph.name, err
+        )
+        return replace(single, inputs=graph.inputs)
+
+
+class _BatchFixed(Exception):
+    """The exporter traced the batch axis as the example's batch size."""
+
+
+def _export(graph: OnnxGraph, path: Path) -> None:
     dims: dict[str, Any] = {}
     max_sizes = graph.max_sizes or {}
     shapes = tuple(
@@ -138,7 +171,6 @@ def export_graph(graph: OnnxGraph, path: Path) -> None:
         raise HftkError(f"ONNX export of {graph.name} failed ({first}); this architecture is not exportable") from None
     finally:
         logger.debug("torch.onnx.export: %s", progress.getvalue())
-    _check_dynamic_axes(graph, path)
 
 
 def _check_dynamic_axes(graph: OnnxGraph, path: Path) -> None:
@@ -150,6 +182,9 @@ def _check_dynamic_axes(graph: OnnxGraph, path: Path) -> None:
     for name, axes in graph.dynamic.items():
         dims = inputs[name].type.tensor_type.shape.dim if name in inputs else []
         fixed = [f"{label}={dims[axis].dim_value}" for axis, label in axes.items() if dims[axis].HasField("dim_value")]
+        if fixed and not graph.per_example and [f.split("=")[0] for f in fixed] == [axes.get(0)]:
+            path.unlink(missing_ok=True)
+            raise _BatchFixed(f"the exporter fixed {fixed[0]} of input {name}")
         if fixed:
             path.unlink(missing_ok=True)
             raise HftkError(
@@ -181,6 +216,17 @@ def _resize_batch(inputs: dict[str, torch.Tensor], size: int) -> dict[str, torch
     return out
 
 
+def run_session(session: Any, graph: OnnxGraph, inputs: dict[str, torch.Tensor]) -> list:
+    """ONNX Runtime's outputs for a batch: one call, or one call per example for a batch-1 graph (concatenated)."""
+    import numpy as np
+
+    if not graph.per_example:
+        return session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    rows = next(iter(inputs.values())).shape[0]
+    calls = [session.run(None, {k: v[i : i + 1].numpy() for k, v in inputs.items()}) for i in range(rows)]
+    return [np.concatenate(parts) for parts in zip(*calls)]
+
+
 def check_parity(graph: OnnxGraph, path: Path) -> dict:
     """Largest absolute difference between ONNX Runtime and PyTorch outputs, on the real batch and on batch 1."""
     session = _session(path)
@@ -188,7 +234,7 @@ def check_parity(graph: OnnxGraph, path: Path) -> dict:
     sizes = sorted({next(iter(graph.inputs.values())).shape[0], 1})
     for size in sizes:
         inputs = _resize_batch(graph.inputs, size)
-        ours = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        ours = run_session(session, graph, inputs)
         for onnx_out, torch_out in zip(ours, _torch_outputs(graph, inputs)):
             worst = max(worst, float(abs(onnx_out.astype("float32") - torch_out).max()))
     if worst > graph.tolerance:
@@ -205,9 +251,8 @@ def measure_latency(graph: OnnxGraph, path: Path, repeats: int = 10) -> dict:
     result = {}
     for size in (1, 32):
         inputs = _resize_batch(graph.inputs, size)
-        feed = {k: v.numpy() for k, v in inputs.items()}
         for label, call in (
-            ("onnx", lambda feed=feed: session.run(None, feed)),
+            ("onnx", lambda inputs=inputs: run_session(session, graph, inputs)),
             ("torch", lambda inputs=inputs: _torch_outputs(graph, inputs)),
         ):
             call()  # warm-up
