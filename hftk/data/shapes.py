@@ -10,6 +10,9 @@ edges are exact to a quarter pixel.
 The set is written once per parameter set (``shapes_dir``) in COCO's own layout, ``annotations/instances_<split>
 .json`` beside ``<split>/`` image folders, under the Hugging Face cache, so the default recipe reads it through the
 same COCO loader as anyone's data. Category ids start at 1, as in COCO.
+
+The same scenes as per-pixel class maps (semantic segmentation) come from ``shapes_masks_dir``: a palette PNG per
+image, 0 for background and the category id where a shape covers the pixel, drawn with the shapes' own geometry.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 VERSION = 2  # part of the cache key: bump it whenever the drawing changes
+MASKS_VERSION = 1  # part of the class maps' folder name: bump it whenever the maps change (not the images)
 CLASSES = ("circle", "square", "triangle")
 SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2}  # each split has its own random stream
 SUPERSAMPLE = 4
+# colours of the class maps' palette: background, then CLASSES (a mask file shows its classes in any viewer)
+MASK_PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,40 @@ def shapes_dir(spec: ShapesSpec, cache_root: Path | None = None) -> Path:
             os.replace(tmp, target)
         except OSError:  # another process finished first: keep its copy
             if not (target / "spec.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def shapes_masks_dir(spec: ShapesSpec, cache_root: Path | None = None) -> Path:
+    """The folder holding the class map of every image of ``spec`` (``<split>/<image file name>``), drawn on first use.
+
+    The maps are the scenes of ``shapes_dir(spec)`` (drawn from the same random streams), written beside it rather
+    than into it, so the detection set stays exactly as it was. Each map is a palette PNG whose pixel values are
+    class ids: 0 background, then ``CLASSES`` in order (``classes.json`` names them). Written like ``shapes_dir``:
+    into a temporary folder renamed into place.
+    """
+    root = Path(cache_root) if cache_root else _cache_root()
+    target = root / f"shapes-{spec.key()}-masks-v{MASKS_VERSION}"
+    if (target / "classes.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".shapes-masks-", dir=root))
+    palette = [v for colour in MASK_PALETTE for v in colour]
+    try:
+        for split, stream in SPLIT_STREAMS.items():
+            (tmp / split).mkdir()
+            for index in range(getattr(spec, split)):
+                _, _, label_map = draw_scene(np.random.default_rng([spec.seed, stream, index]), spec)
+                mask = Image.fromarray(label_map, "P")
+                mask.putpalette(palette)
+                mask.save(tmp / split / f"{index:06d}.png", optimize=False, compress_level=1)
+        (tmp / "classes.json").write_text(json.dumps(["background", *CLASSES]))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / "classes.json").is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -120,7 +160,22 @@ def _write_split(spec: ShapesSpec, split: str, out: Path) -> None:
 
 def draw_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[Image.Image, list[tuple[str, list[float]]]]:
     """One image and its objects as ``(class name, [x, y, w, h])``, from ``rng`` alone."""
+    image, objects, _ = draw_scene(rng, spec)
+    return image, objects
+
+
+def draw_scene(
+    rng: np.random.Generator, spec: ShapesSpec
+) -> tuple[Image.Image, list[tuple[str, list[float]]], np.ndarray]:
+    """``draw_image``'s image and objects, and the scene's class map: ``uint8`` (height, width), 0 for background,
+    ``CLASSES.index(name) + 1`` (the COCO category id) where a shape covers at least half of the pixel.
+
+    The map is made from the very coverage masks the shapes are painted with, in painting order (a later shape
+    covers an earlier one); lines and specks are clutter, never a shape, so they leave the map as it is.
+    It draws nothing from ``rng``: the image and objects are those of ``draw_image`` for the same ``rng``.
+    """
     size = spec.image_size
+    label_map = np.zeros((size, size), np.uint8)
     canvas = _background(rng, size)
     count = 0 if rng.random() < spec.negatives else int(rng.integers(1, spec.max_objects + 1))
     sides = sorted((_side(rng, spec) for _ in range(count)), reverse=True)  # large first: small ones lie on them
@@ -134,12 +189,13 @@ def draw_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[Image.Image,
         if box is None:
             continue
         points = points + np.array([box[0], box[1]]) - points.min(axis=0)
-        _paint(canvas, label, points, _colour(rng, canvas, box))
+        coverage, corner = _paint(canvas, label, points, _colour(rng, canvas, box))
+        _cover(label_map, coverage, corner, CLASSES.index(label) + 1)
         objects.append((label, box))
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(0, 3))):  # thin lines across the shapes too
         draw.line([tuple(rng.uniform(0, size, 2)), tuple(rng.uniform(0, size, 2))], fill=_random_rgb(rng), width=1)
-    return canvas, objects
+    return canvas, objects, label_map
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -219,8 +275,14 @@ def _random_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, 3))
 
 
-def _paint(canvas: Image.Image, label: str, points: np.ndarray, colour: tuple[int, int, int]) -> None:
-    """Fill the outline at 4x resolution and paste it down-sampled: anti-aliased, with exact box edges."""
+def _paint(
+    canvas: Image.Image, label: str, points: np.ndarray, colour: tuple[int, int, int]
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Fill the outline at 4x resolution and paste it down-sampled: anti-aliased, with exact box edges.
+
+    Returns the coverage mask it pasted with (0-255: the share of each pixel the shape covers) and its top-left
+    corner on the canvas.
+    """
     x0, y0 = np.floor(points.min(axis=0)).astype(int)
     x1, y1 = np.ceil(points.max(axis=0)).astype(int)
     w, h = max(1, x1 - x0), max(1, y1 - y0)
@@ -233,3 +295,15 @@ def _paint(canvas: Image.Image, label: str, points: np.ndarray, colour: tuple[in
         ImageDraw.Draw(mask).polygon(local, fill=255)
     mask = mask.resize((w, h), Image.Resampling.BOX)
     canvas.paste(Image.new("RGB", (w, h), colour), (int(x0), int(y0)), mask)
+    return mask, (int(x0), int(y0))
+
+
+def _cover(label_map: np.ndarray, coverage: Image.Image, corner: tuple[int, int], value: int) -> None:
+    """Set ``value`` where ``coverage`` (pasted at ``corner``) covers at least half a pixel, clipped as paste clips."""
+    x0, y0 = corner
+    covered = np.asarray(coverage) >= 128
+    height, width = label_map.shape
+    x1, y1 = min(width, x0 + covered.shape[1]), min(height, y0 + covered.shape[0])
+    left, top = max(0, x0), max(0, y0)
+    region = covered[top - y0 : y1 - y0, left - x0 : x1 - x0]
+    label_map[top:y1, left:x1][region] = value

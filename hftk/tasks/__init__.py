@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "text-generation": "hftk.tasks.text_generation",
     "object-detection": "hftk.tasks.object_detection",
     "seq2seq-chat": "hftk.tasks.seq2seq_chat",
+    "image-segmentation": "hftk.tasks.image_segmentation",
 }
 
 
