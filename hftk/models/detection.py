@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetec
 from hftk import compat
 from hftk.errors import HftkError, error_line
 from hftk.models import check_model_args, load_model
-from hftk.models.packaged import CONFIG_KEY, check_same_tensors
 from hftk.models.parts import ModelParts, by_pattern
 from hftk.models.parts import model_parts as read_parts
-from hftk.models.vision import TimmWeights, timm_weights
+from hftk.models.vision import TimmWeights, load_backbone_weights, timm_weights
 
 logger = logging.getLogger(__name__)
 
@@ -150,38 +149,6 @@ def _backbone_fields(cfg: Any) -> tuple[dict[str, Any], TimmWeights | None]:
         if name in AutoConfig.for_model(cfg.name).to_dict() and name not in cfg.model_args:
             fields[name] = channels
     return fields, weights
-
-
-def load_backbone_weights(model: torch.nn.Module, weights: TimmWeights) -> None:
-    """Load a timm backbone's pretrained weights into the detector: every backbone tensor, with its shape, or an
-    error (the classifier head the features-only backbone lacks is the only thing left out)."""
-    from safetensors.torch import load_file
-
-    source = load_file(weights.file)
-    places = Counter(  # where the weights' names appear inside the detector's: the backbone's prefix
-        ".".join(parts[:i])
-        for parts in (k.split(".") for k in model.state_dict())
-        for i in range(len(parts))
-        if ".".join(parts[i:]) in source
-    )
-    if not places:
-        raise HftkError(f"model.backbone: none of the pretrained weights ({weights.source}) fit this detector")
-    prefix = places.most_common(1)[0][0]
-    backbone = model.get_submodule(prefix)
-    own = backbone.state_dict()
-    check_same_tensors(
-        {k: source[k] for k in own if k in source}, {k: tuple(v.shape) for k, v in own.items()}, weights.file
-    )
-    backbone.load_state_dict({k: source[k] for k in own}, strict=True)
-    if weights.packaged is not None:
-        setattr(model.config, CONFIG_KEY, {**weights.packaged.record(), "part": "backbone"})
-    left = len(source) - len(own)
-    logger.info(
-        "backbone: %d pretrained tensors loaded from %s (%d unused: the classifier head, batch-norm counters)",
-        len(own),
-        weights.source,
-        left,
-    )
 
 
 def _timm_channels(name: str, out_indices: list[int]) -> list[int]:

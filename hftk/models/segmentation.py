@@ -75,7 +75,7 @@ def build_segmenter(cfg: Any, labels: list[str], image_size: int | None, ignore_
         if hasattr(model.config, name):
             setattr(model.config, name, ignore_index)
     if weights is not None:
-        from hftk.models.detection import load_backbone_weights  # timm weights into a transformers backbone
+        from hftk.models.vision import load_backbone_weights  # timm weights into a transformers backbone
 
         load_backbone_weights(model, weights)
     if cfg.batch_norm == "frozen":

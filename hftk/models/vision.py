@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ from transformers import (
 
 from hftk.errors import HftkError, error_line
 from hftk.models import load_model
-from hftk.models.packaged import CONFIG_KEY, PackagedWeights, get_packaged, offline_names, packaged_folder
+from hftk.models.packaged import (
+    CONFIG_KEY,
+    PackagedWeights,
+    check_same_tensors,
+    get_packaged,
+    offline_names,
+    packaged_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +205,35 @@ def load_image_processor(source: str, config: Any, **kwargs: Any) -> Any:
     if getattr(config, "model_type", None) == "timm_wrapper":  # its settings live in the model's config
         return TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
     return AutoImageProcessor.from_pretrained(source, **kwargs)
+
+
+def load_backbone_weights(model: Any, weights: TimmWeights) -> None:
+    """Load a timm backbone's pretrained weights into the model around it (a detector, a segmenter): every backbone
+    tensor, with its shape, or an error (the classifier head a features-only backbone lacks is all that is left)."""
+    from safetensors.torch import load_file
+
+    source = load_file(weights.file)
+    places = Counter(  # where the weights' names appear inside the model's: the backbone's prefix
+        ".".join(parts[:i])
+        for parts in (k.split(".") for k in model.state_dict())
+        for i in range(len(parts))
+        if ".".join(parts[i:]) in source
+    )
+    if not places:
+        raise HftkError(f"model.backbone: none of the pretrained weights ({weights.source}) fit this detector")
+    prefix = places.most_common(1)[0][0]
+    backbone = model.get_submodule(prefix)
+    own = backbone.state_dict()
+    check_same_tensors(
+        {k: source[k] for k in own if k in source}, {k: tuple(v.shape) for k, v in own.items()}, weights.file
+    )
+    backbone.load_state_dict({k: source[k] for k in own}, strict=True)
+    if weights.packaged is not None:
+        setattr(model.config, CONFIG_KEY, {**weights.packaged.record(), "part": "backbone"})
+    left = len(source) - len(own)
+    logger.info(
+        "backbone: %d pretrained tensors loaded from %s (%d unused: the classifier head, batch-norm counters)",
+        len(own),
+        weights.source,
+        left,
+    )
