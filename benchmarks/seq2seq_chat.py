@@ -8,7 +8,7 @@ Usage:
     python benchmarks/seq2seq_chat.py --parts throughput                       # speed only (minutes)
     python benchmarks/seq2seq_chat.py --steps-per-second minilm=2.1 t5=3.0     # reuse measured rates
 
-Variants: `t5` (recipes/seq2seq-chat/t5-chatterbot.yaml, T5 from scratch), `minilm` (minilm-chatterbot.yaml, the
+Variants: `t5` (recipes/chat/t5-chatterbot.yaml, T5 from scratch), `minilm` (minilm-chatterbot.yaml, the
 default: pretrained MiniLM encoder warm start, EncoderDecoderModel) and `minilm-retrieve` (the same with
 `data.retrieve=true`: retrieve and refine, the nearest training exchange is part of the model input).
 flan-t5-small needs the network and is left out.
@@ -56,7 +56,7 @@ if "OMP_WAIT_POLICY" not in os.environ:  # as `hftk` itself does (hftk/cli.py): 
 
 RAW = ROOT / "benchmarks" / "seq2seq_chat.json"
 SECTION = "seq2seq-chat"
-RECIPES = ROOT / "recipes" / "seq2seq-chat"
+RECIPES = ROOT / "recipes" / "chat"
 # variant: (recipe, overrides)
 VARIANTS: dict[str, tuple[Path, list[str]]] = {
     "t5": (RECIPES / "t5-chatterbot.yaml", []),

@@ -2,7 +2,7 @@
 
 Importing hftk is light (no torch, no transformers) and changes nothing in the environment: the runtime
 settings (threads, OpenMP) are made when hftk runs a command, and ``register()`` makes transformers know hftk's
-LSTM/GRU model type and its ``seq2seq-chat`` pipeline (hftk's commands call it; call it to use run folders with
+LSTM/GRU model type and its ``chat`` pipeline (hftk's commands call it; call it to use run folders with
 ``pipeline`` or the Auto classes in your own code).
 """
 
@@ -11,7 +11,7 @@ from hftk.errors import HftkError
 
 
 def register() -> None:
-    """Register hftk's model type (``hftk_rnn``) and pipeline task (``seq2seq-chat``) with transformers."""
+    """Register hftk's model type (``hftk_rnn``) and pipeline task (``chat``) with transformers."""
     from hftk.models.registration import register as register_all
 
     register_all()

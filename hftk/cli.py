@@ -174,10 +174,18 @@ def _merge(args: argparse.Namespace) -> int:
     from hftk.runs import load_run, load_run_recipe
 
     _, task = load_run(args.run_dir, need_model=False)
-    out = merge_run(Path(args.run_dir), Path(args.out_dir), getattr(transformers, task.auto_model))
+    auto_model = task.facts(_model_config(Path(args.run_dir))).auto_model  # this run's kind of model
+    out = merge_run(Path(args.run_dir), Path(args.out_dir), getattr(transformers, auto_model))
     write_model_card(out, load_run_recipe(out), read_metrics(out))
-    print(f"merged model written to {out}; it loads with {task.auto_model}.from_pretrained('{out}')")
+    print(f"merged model written to {out}; it loads with {auto_model}.from_pretrained('{out}')")
     return 0
+
+
+def _model_config(run_dir: Path):
+    from transformers import AutoConfig
+
+    name = "model_config.json" if (run_dir / "model_config.json").is_file() else "config.json"
+    return AutoConfig.from_pretrained(str(run_dir / name)) if (run_dir / name).is_file() else None
 
 
 def _space(args: argparse.Namespace) -> int:

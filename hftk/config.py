@@ -102,6 +102,9 @@ def resolve_recipe_path(recipe: str) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
+    folder, _, rest = recipe.partition("/")
+    if rest and folder in tasks.ALIASES:  # a shipped recipe under a renamed task's former id
+        recipe = f"{tasks.current_id(folder)}/{rest}"
     shipped = RECIPES_DIR / (recipe if recipe.endswith(".yaml") else f"{recipe}.yaml")
     if "/" in recipe and shipped.is_file():  # <task>/<name>: a recipe shipped inside the package
         return shipped
@@ -144,6 +147,7 @@ def _validated(raw: dict[str, Any], path: Path) -> Recipe:
     if not isinstance(task_id, str) or task_id not in tasks.TASKS:
         guess = f"; {hint}" if (hint := did_you_mean(task_id, list(tasks.TASKS))) else ""
         raise HftkError(f"{where}: task: unknown task '{task_id}'{guess} (expected one of: {', '.join(tasks.TASKS)})")
+    task_id = tasks.current_id(task_id)  # a renamed task's former id: the resolved recipe says the new one
     task = tasks.get_task(task_id)
     sections = {}
     for name, cls in section_classes(task).items():

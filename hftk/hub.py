@@ -54,13 +54,14 @@ def write_model_card(
     from hftk.tasks import get_task
 
     task = get_task(recipe.task)
+    facts = task.facts(_run_config(run_dir))  # a task that trains several kinds of model: this run's kind
     dataset = recipe.data.name or Path(recipe.data.path or "local").name
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     headline = [k for k in task.headline if k in numbers]
     split = metrics.get("split", recipe.eval.split)
     results = [
         EvalResult(
-            task_type=task.pipeline_tag,
+            task_type=facts.pipeline_tag,
             dataset_type=dataset,
             dataset_name=dataset,
             dataset_split=split,
@@ -73,7 +74,7 @@ def write_model_card(
     adapter = _read_json(run_dir / "adapter_config.json")
     base_model = _base_model(recipe) or (packaged or {}).get("hub_id") or _adapter_base(adapter)
     data = ModelCardData(
-        pipeline_tag=task.pipeline_tag,
+        pipeline_tag=facts.pipeline_tag,
         tags=["hftk", recipe.task, *([recipe.model.name] if "/" not in recipe.model.name else []), *_method(adapter)],
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model,
@@ -223,13 +224,24 @@ def _training_tables(run_dir: Path, trainer: Any) -> list[str]:
     return parts
 
 
+def _run_config(run_dir: Path) -> Any:
+    """The run's model config (``model_config.json`` in an adapter run), or None before a model is saved."""
+    from transformers import AutoConfig
+
+    for name in ("config.json", "model_config.json"):
+        if (run_dir / name).is_file():
+            return AutoConfig.from_pretrained(str(run_dir / name))
+    return None
+
+
 def _usage(run_dir: Path, recipe: Recipe, task: Any) -> str:
     where = recipe.hub.model_id or "path/to/this/folder"
     config = run_dir / "config.json"
     remote = ", trust_remote_code=True" if config.is_file() and "auto_map" in config.read_text() else ""
     note = "  # the folder carries its model's code" if remote else ""
-    pipeline_task = task.pipeline_task or task.pipeline_tag  # transformers lacks some: the task registers them
-    registers = ["import hftk", f"hftk.register()  # pipeline('{pipeline_task}')"] if task.pipeline_task else []
+    facts = task.facts(_run_config(run_dir))
+    pipeline_task = facts.pipeline_task or facts.pipeline_tag  # transformers lacks some: hftk registers them
+    registers = ["import hftk", f"hftk.register()  # pipeline('{pipeline_task}')"] if facts.pipeline_task else []
     return "\n".join(
         [
             "```python",

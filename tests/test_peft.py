@@ -12,7 +12,7 @@ from hftk.errors import HftkError
 from hftk.generation import DecodingOptions
 from hftk.tasks import get_task
 
-TASKS_WITH_ADAPTERS = ["image-classification", "text-generation", "seq2seq-chat", "object-detection"]
+TASKS_WITH_ADAPTERS = ["image-classification", "text-generation", "chat", "object-detection"]
 
 
 def _adapter_run(task_id, base, out, *extra):
@@ -101,7 +101,7 @@ def test_an_adapter_on_a_warm_start_assembled_from_parts_is_one_line(cli, tmp_pa
     # the MiniLM encoder-decoder has new cross-attention layers: an adapter alone would leave them random
     code, _, err = cli(
         "train",
-        "recipes/seq2seq-chat/minilm-chatterbot.yaml",
+        "recipes/chat/minilm-chatterbot.yaml",
         "model.peft.method=lora",
         "data.max_train_samples=16",
         "data.max_eval_samples=4",

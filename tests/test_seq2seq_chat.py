@@ -1,4 +1,5 @@
-"""seq2seq-chat: a tiny T5 that memorises five conversations; metrics, data, bad input, pipeline, chat, demo."""
+"""chat, encoder-decoder family: a tiny T5 that memorises five conversations; metrics, data, bad input, pipeline,
+chat, demo (the decoder-only family: tests/test_chat_decoder.py)."""
 
 import io
 import json
@@ -17,11 +18,11 @@ from hftk.errors import HftkError
 from hftk.evaluation import chat as chat_eval
 from hftk.evaluation import load_metric
 from hftk.generation import DecodingOptions
-from hftk.tasks.seq2seq_chat import config as chat_config
-from hftk.tasks.seq2seq_chat import serving as task
-from hftk.tasks.seq2seq_chat import training as chat_training
+from hftk.tasks.chat import config as chat_config
+from hftk.tasks.chat import serving as task
+from hftk.tasks.chat import training as chat_training
 
-RECIPE = "recipes/seq2seq-chat/t5-chatterbot.yaml"
+RECIPE = "recipes/chat/t5-chatterbot.yaml"
 TINY = [
     "model.model_args={d_model: 48, d_kv: 12, d_ff: 96, num_layers: 2, num_decoder_layers: 2, num_heads: 4, "
     "dropout_rate: 0.0}",
@@ -154,10 +155,10 @@ def test_history_longer_than_the_input_keeps_the_most_recent_turns(chat_run):
     model, tokenizer = task.load_run_model(chat_run)
     cfg = chat_config.ChatDataConfig(history_turns=3, max_input_length=12)
     history = ["first turn that is long", "second turn", "third"]
-    ids, cut = chat_inputs.encode_sample(tokenizer, history, "and then?", cfg, "here")
+    ids, cut = chat_inputs.Prompts(tokenizer, cfg, causal=False).encode(history, "and then?", "here")
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    assert cut >= 1 and len(ids) <= 12 and text.endswith("and then?") and "first" not in text
-    kept = history[cut:]
+    assert cut.turns >= 1 and not cut.message and len(ids) <= 12 and text.endswith("and then?") and "first" not in text
+    kept = history[cut.turns :]
     assert text == chat_inputs.format_input(kept, "and then?", cfg.turn_separator)
 
 
@@ -212,15 +213,44 @@ def test_missing_target_column_and_malformed_line(cli, tmp_path):
     assert code == 2 and "no 'input' or 'messages' column" in err and "data.input_column" in err
 
 
-def test_a_message_longer_than_the_model_takes(cli, tmp_path, chat_run):
+def test_a_message_longer_than_the_model_takes_is_an_error_only_when_asked(cli, tmp_path, chat_run, caplog):
     long_row = _conversation("word " * 200, "an answer")
     path = _bad_messages(tmp_path, [long_row])
-    code, _, err = cli("train", RECIPE, f"data.path={path}", *TINY, "--output-dir", tmp_path / "run")
-    assert code == 2 and "bad.jsonl:6" in err and "more than data.max_input_length=128" in err
-    code, out, err = cli("predict", chat_run, "hello", "word " * 200)
-    assert code == 2 and out == "" and "input 2: the message is" in err
+    strict = ["data.on_long_sample=error", "--output-dir", tmp_path / "run"]
+    code, _, err = cli("train", RECIPE, f"data.path={path}", *TINY, *strict)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("hftk: error")]
+    assert code == 2 and len(lines) == 1 and "bad.jsonl:6" in lines[0] and "Traceback" not in err, err
+    assert "more than data.max_input_length=128" in lines[0] and "data.on_long_sample=truncate" in lines[0]
+    with caplog.at_level(logging.INFO):
+        code, out, err = cli("predict", chat_run, "hello", "many words " * 200 + "good night")
+    assert code == 0 and len(out.splitlines()) == 2, err
+    assert "input 2: its start cut (the end kept) to fit data.max_input_length=128" in caplog.text
     code, out, err = cli("predict", chat_run, " ")
     assert code == 2 and "input 1: the message is empty" in err
+
+
+def test_long_samples_are_cut_or_left_out_and_counted(chat_run, chat_folder, tmp_path, caplog):
+    from datasets import DatasetDict
+
+    rows = [*TRAIN, _conversation("word " * 4000 + "good night", "sleep well"), _conversation("hi", "la " * 300)]
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    _write_jsonl(tmp_path / "validation.jsonl", TRAIN[:1])
+    path = _write_jsonl(tmp_path / "test.jsonl", TRAIN[1:2]).parent  # train is exactly these rows
+    recipe = load_recipe(RECIPE, [f"data.path={path}"])
+    _, tokenizer = task.load_run_model(chat_run)
+    data = DatasetDict(train=chat_data.load_chat_data(recipe.data)["train"])
+    total = len(data["train"])
+    with caplog.at_level(logging.INFO):
+        encoded = chat_training.prepare_datasets(recipe, data, tokenizer)["train"]
+    assert len(encoded) == total - 1 and all(len(ids) <= 128 for ids in encoded["input_ids"])
+    assert max(len(labels) for labels in encoded["labels"]) <= recipe.data.max_target_length
+    texts = tokenizer.batch_decode(list(encoded["input_ids"]), skip_special_tokens=True)
+    cut = next(text for text in texts if "word" in text)
+    assert cut.endswith("word good night") and len(cut) < 1000  # the end kept
+    assert f"train: 1 of {total} messages cut from the start (their end kept)" in caplog.text
+    assert f"train: 1 of {total} samples left out: their answer is longer than data.max_target_length" in caplog.text
+    dropped = load_recipe(RECIPE, [f"data.path={path}", "data.on_long_sample=drop"])
+    assert len(chat_training.prepare_datasets(dropped, data, tokenizer)["train"]) == total - 2
 
 
 # ---- the trained run: training, reload, pipeline, chat, demo
@@ -239,6 +269,16 @@ def test_run_trains_and_answers_from_its_history(chat_run):
     assert dogs["retrieval"] != dogs["reference"]  # a lookup of the message alone cannot
     report = (chat_run / "eval" / "report.md").read_text()
     assert "## Worst answers" in report and "| chrf |" in report and "1 of them to novel" in report
+
+
+def test_evaluation_generates_no_longer_than_the_answers_need(chat_run, chat_folder):
+    _, tokenizer = task.load_run_model(chat_run)
+    train = chat_data.load_chat_data(load_recipe(chat_run / "recipe.yaml").data)["train"]
+    longest = max(len(ids) for ids in tokenizer(text_target=list(train["response"]))["input_ids"])  # with </s>
+    budget = min(40, longest + max(8, longest // 4))
+    assert budget < 40  # not the recipe's model.generation.max_new_tokens
+    metrics = json.loads((chat_run / "eval" / "metrics.json").read_text())
+    assert f"at most {budget} new tokens (the longest training answer is {longest})" in metrics["generation"]
 
 
 def test_reload_gives_the_same_answers_as_generate(chat_run):
@@ -337,7 +377,7 @@ def test_retrieve_run_reads_the_nearest_exchange_everywhere(tmp_path, chat_folde
     ]
     cfg = load_recipe(run_dir / "recipe.yaml").data
     _, tokenizer = task.load_run_model(run_dir)
-    ids, _ = chat_inputs.encode_sample(tokenizer, [], "hello", cfg, "x", ("hello", "hi " * 300))
+    ids, _ = chat_inputs.Prompts(tokenizer, cfg, causal=False).encode([], "hello", "x", ("hello", "hi " * 300))
     assert len(ids) == cfg.max_input_length and ids[-1] == tokenizer.eos_token_id  # the retrieved answer is cut
 
 
@@ -403,12 +443,12 @@ def test_real_browser_chats_with_the_demo(demo_url, chat_run):
 
 
 def test_recipes_load_and_the_default_is_a_fixed_amount_of_work():
-    for path in sorted((RECIPES_DIR / "seq2seq-chat").glob("*.yaml")):
+    for path in sorted((RECIPES_DIR / "chat").glob("*.yaml")):
         recipe = load_recipe(path)
         head = path.read_text().splitlines()[:3]
         assert head[0].startswith("# ") and head[1].startswith("# Run:") and head[2].startswith("# Try:")
         assert recipe.train["predict_with_generate"] and recipe.train["metric_for_best_model"] == "chrf"
-    default = load_recipe("seq2seq-chat")
+    default = load_recipe("chat")
     assert default.budget.minutes is None and (
         default.train.get("max_steps", -1) > 0 or default.train.get("num_train_epochs")
     )

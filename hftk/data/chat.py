@@ -41,7 +41,8 @@ SAMPLE_COLUMNS = ("history", "message", "response", "source")
 
 
 def chat_template(separator: str, history_turns: int) -> str:
-    """A Jinja chat template that renders ``messages`` as ``chat_inputs.format_input`` does (saved with the tokenizer).
+    """A Jinja chat template that renders ``messages`` as ``chat_inputs.format_input`` does (saved with the
+    tokenizer of an encoder-decoder run; a decoder-only model keeps its own).
 
     ``tokenizer.apply_chat_template(messages, tokenize=False)`` then gives the model input of a conversation that
     ends with the user's message: its last ``history_turns`` earlier turns and the message, system turns left out.

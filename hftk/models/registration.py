@@ -3,7 +3,8 @@
 - the ``hftk_rnn`` model type (LSTM/GRU language models) with ``AutoConfig`` / ``AutoModelForCausalLM``, so run
   folders load with the Auto classes and ``pipeline("text-generation")``, and ``save_pretrained`` copies the model's
   code next to its weights;
-- the ``seq2seq-chat`` pipeline task (transformers 5 removed ``text2text-generation``).
+- the ``chat`` pipeline task, also under its former name ``seq2seq-chat`` (transformers 5 removed
+  ``text2text-generation``).
 
 Importing a model module registers nothing. hftk calls ``register()`` where it builds or loads a model (every CLI
 command, ``hftk.training``, ``hftk.runs``); code that uses run folders without hftk's CLI calls ``hftk.register()``.

@@ -16,9 +16,10 @@ embeddings then start as the mean of the pretrained embeddings of the pieces the
 token into (vocabulary transfer, as in Gee et al., 2022), so the model keeps what the encoder learned while writing
 cased text with a vocabulary a tenth of the size.
 
-``ChatPipeline`` runs a run folder in ``transformers.pipeline``: transformers 5 removed ``text2text-generation``,
-so ``register_pipeline`` (called by ``hftk.register()``) registers the pipeline task ``seq2seq-chat`` (text or a list
-of chat messages in, the answer out).
+``ChatPipeline`` runs a chat run folder in ``transformers.pipeline``: transformers 5 removed ``text2text-generation``,
+so ``register_pipeline`` (called by ``hftk.register()``) registers the pipeline task ``chat`` (text or a list of chat
+messages in, the answer out), for this family and the decoder-only one (``hftk.models.chat``), and under its former
+name ``seq2seq-chat`` for the usage snippets of older model cards.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 WARM_START = "encoder-decoder"
 MINILM = "minilm"
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
-PIPELINE_TASK = "seq2seq-chat"
+PIPELINE_TASK = "chat"
+PIPELINE_ALIASES = ("seq2seq-chat",)  # the task's former name
 
 
 def minilm_path() -> Path:
@@ -227,11 +229,13 @@ def max_positions(model: Any) -> int | None:
 
 
 class ChatPipeline(Pipeline):
-    """``pipeline("seq2seq-chat", model=RUN)``: a message (or a list of chat messages) in, the answer out.
+    """``pipeline("chat", model=RUN)``: a message (or a list of chat messages) in, the answer out.
 
-    A list of ``{"role", "content"}`` messages is rendered with the tokenizer's chat template (the run's turn
-    separator and history length); a run trained with ``data.retrieve`` adds the nearest exchange of the memory it
-    keeps. Generation follows the model's ``generation_config`` unless a call overrides it.
+    Encoder-decoder runs: a list of ``{"role", "content"}`` messages is rendered with the tokenizer's chat template
+    (the run's turn separator and history length); a run trained with ``data.retrieve`` adds the nearest exchange of
+    the memory it keeps. Decoder-only runs: the messages (a text is one user message) go through the model's own chat
+    template with its generation prompt, and the answer is what follows the prompt. Generation follows the model's
+    ``generation_config`` (its stop tokens) unless a call overrides it.
     Returns ``[{"generated_text": answer}]`` per input, as transformers 4's text2text-generation pipeline did.
     """
 
@@ -254,6 +258,11 @@ class ChatPipeline(Pipeline):
     def preprocess(self, inputs: Any) -> dict:
         from hftk.data.chat_inputs import RETRIEVED
 
+        if not self.model.config.is_encoder_decoder:
+            messages = inputs.messages if hasattr(inputs, "messages") else [{"role": "user", "content": str(inputs)}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         text = message = inputs
         if hasattr(inputs, "messages"):  # Pipeline.__call__ wraps a list of {"role", "content"} dicts in a Chat
             text = self.tokenizer.apply_chat_template(inputs.messages, tokenize=False)
@@ -268,7 +277,10 @@ class ChatPipeline(Pipeline):
 
     def _forward(self, model_inputs: dict, **generate_kwargs: Any) -> dict:
         generate_kwargs = compat.pipeline_generate_kwargs(self, generate_kwargs)
-        return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
+        output = self.model.generate(**model_inputs, **generate_kwargs)
+        if not self.model.config.is_encoder_decoder:  # a decoder-only output repeats the prompt
+            output = output[:, model_inputs["input_ids"].shape[1] :]
+        return {"output_ids": output}
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
         texts = self.tokenizer.batch_decode(model_outputs["output_ids"], skip_special_tokens=True)
@@ -276,8 +288,12 @@ class ChatPipeline(Pipeline):
 
 
 def register_pipeline() -> None:
-    """Make ``pipeline("seq2seq-chat", model=RUN)`` work in this process."""
+    """Make ``pipeline("chat", model=RUN)`` (and ``"seq2seq-chat"``) work in this process, for either family: the
+    pipeline loads a run folder with the first Auto class that takes it."""
+    from transformers import AutoModelForCausalLM
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
-        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=ChatPipeline, pt_model=AutoModelForSeq2SeqLM)
+    for name in (*PIPELINE_ALIASES, PIPELINE_TASK):  # the current name last: the class records the last one
+        if name not in PIPELINE_REGISTRY.get_supported_tasks():
+            models = (AutoModelForSeq2SeqLM, AutoModelForCausalLM)
+            PIPELINE_REGISTRY.register_pipeline(name, pipeline_class=ChatPipeline, pt_model=models)

@@ -37,6 +37,15 @@ class TrainerInputs:
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What a run folder's model is to the Hub and to transformers: its pipeline tag and Auto class."""
+
+    pipeline_tag: str
+    auto_model: str
+    pipeline_task: str | None = None  # the pipeline that runs it when transformers has none under pipeline_tag
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task: its facts, what trains a run, and what serves a run. Registered once, read by shared code."""
 
@@ -102,6 +111,16 @@ class TaskSpec:
     """``(run_dir, input_fn, output, *, <options>)``: an interactive terminal session (`hftk chat RUN`)."""
     onnx_graphs: Callable[[Path, int], list] | None = None
     """``(run_dir, batch_size) -> [hftk.export.OnnxGraph]``: what `hftk export --format onnx` writes and checks."""
+    model_facts: Callable[[Any], ModelFacts | None] | None = None
+    """``(model config) -> ModelFacts``, for a task that trains several kinds of model (chat: encoder-decoder and
+    decoder-only): a run's card, `hftk merge` and pipelines follow the run's own model; None: the spec's facts."""
+
+    def facts(self, config: Any = None) -> ModelFacts:
+        """The facts of the run whose model config is ``config`` (the spec's own without one)."""
+        own = ModelFacts(self.pipeline_tag, self.auto_model, self.pipeline_task)
+        if config is None or self.model_facts is None:
+            return own
+        return self.model_facts(config) or own
 
     def offers(self) -> list[str]:
         """The optional parts this task has, for `hftk recipes --keys` and the docs."""

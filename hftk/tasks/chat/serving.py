@@ -1,7 +1,9 @@
-"""Seq2seq chat, what serves a run: evaluation beside the retrieval baseline, predict, the terminal chat, the demo.
+"""Chat, what serves a run: evaluation beside the retrieval baseline, predict, the terminal chat, the demo.
 
-Decoding is one ``DecodingOptions``: the run's own (its generation_config, from the recipe's ``model.generation``)
-under whatever a caller sets (`hftk predict` / `hftk chat` options, the demo's controls).
+Both families are served the same way; their prompts differ (``hftk.data.chat_inputs.Prompts``: hftk's turn-joined
+text for an encoder-decoder, the model's own chat template for a decoder-only model, whose stop tokens are its
+generation_config's). Decoding is one ``DecodingOptions``: the run's own (its generation_config, from the recipe's
+``model.generation``) under whatever a caller sets (`hftk predict` / `hftk chat` options, the demo's controls).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from hftk.errors import HftkError
 from hftk.evaluation import chat as report
 from hftk.evaluation import eval_dir, plot_learning_curves, read_metrics, write_metrics
 from hftk.generation import DecodingOptions
+from hftk.models import chat as chat_models
 from hftk.models import seq2seq
 from hftk.sections import Recipe
-from hftk.tasks.seq2seq_chat.config import HEADLINE, ChatDataConfig
+from hftk.tasks.chat.config import HEADLINE, ChatDataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,32 +41,46 @@ def load_tokenizer(run_dir: str, config: Any = None) -> Any:
 
 def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
     """The run's final model (on the inference device) and tokenizer, loaded as any transformers user would: the
-    full model, or its base with the run's adapter on top."""
-    from transformers import AutoModelForSeq2SeqLM
+    full model, or its base with the run's adapter on top (``AutoModelForSeq2SeqLM`` or ``...ForCausalLM``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    return runs.load_run_model(run_dir, AutoModelForSeq2SeqLM, load_tokenizer)
+    auto_class = AutoModelForCausalLM if chat_models.run_is_decoder_only(run_dir) else AutoModelForSeq2SeqLM
+    model, tokenizer = runs.load_run_model(run_dir, auto_class, load_tokenizer)
+    if hasattr(model, "peft_config") and (Path(run_dir) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        # an adapter run keeps its decoding beside the adapter (training.KeepGenerationConfig), not in the base
+        model.get_base_model().generation_config = GenerationConfig.from_pretrained(run_dir)
+    return model, tokenizer
+
+
+def is_causal(model: Any) -> bool:
+    return not model.config.is_encoder_decoder
 
 
 def generate_answers(model: Any, tokenizer: Any, encoded: list[list[int]], batch_size: int, **kwargs: Any) -> list:
-    """One answer per input (token ids), generated in batches of similar length on the model's device."""
+    """One answer per input (token ids), generated in batches of similar length on the model's device (a
+    decoder-only model's prompts padded on the left, so that each row continues from its own last token)."""
     answers: list[str] = [""] * len(encoded)
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    side = "left" if is_causal(model) else "right"
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, padding_side=side, return_tensors="pt")
         for i, text in zip(chunk, generation.generate_texts(model, tokenizer, dict(batch), **kwargs)):
             answers[i] = text.strip()
     return answers
 
 
-def _describe_decoding(model: Any) -> str:
+def _describe_decoding(model: Any, budget: int, longest: int) -> str:
     gen = model.generation_config
     how = f"beam search ({gen.num_beams} beams)" if (gen.num_beams or 1) > 1 else "greedy"
     if gen.do_sample:
         how = f"sampling (temperature {gen.temperature}, top-k {gen.top_k}, top-p {gen.top_p})"
     extra = [f"repetition penalty {gen.repetition_penalty}"] if (gen.repetition_penalty or 1.0) != 1.0 else []
     extra += [f"no repeated {gen.no_repeat_ngram_size}-grams"] if gen.no_repeat_ngram_size else []
-    return ", ".join([how, f"at most {gen.max_new_tokens} new tokens", *extra])
+    length = f"at most {budget} new tokens (the longest training answer is {longest})"
+    return ", ".join([how, length, *extra])
 
 
 def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]:
@@ -72,20 +89,24 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     data = chat_data.load_chat_data(recipe.data)
     train, part = data["train"], data[split]
     model, tokenizer = load_run_model(run_dir)
+    prompts = chat_inputs.Prompts(tokenizer, recipe.data, is_causal(model))
     references, messages = list(part["response"]), list(part["message"])
     nearest = chat_inputs.Memory(train["message"], train["response"]).retrieve(messages)  # the retrieval baseline
     given = nearest if recipe.data.retrieve else [None] * len(part)
-    encoded = [
-        chat_inputs.encode_sample(tokenizer, s["history"], s["message"], recipe.data, s["source"], extra)[0]
-        for s, extra in zip(part, given)
-    ]
-    answers = generate_answers(model, tokenizer, encoded, recipe.eval.batch_size)
+    # every test message is answered: one too long keeps its end, whatever data.on_long_sample did in training
+    encoded = [prompts.encode(s["history"], s["message"], s["source"], extra)[0] for s, extra in zip(part, given)]
+    # no longer than the data needs: an unfinished model would otherwise fill max_new_tokens with noise
+    lengths = [len(ids) for ids in prompts.answers(train["response"])]
+    cap = run_decoding(model).max_new_tokens
+    budget, longest = chat_inputs.answer_budget(lengths, recipe.data.max_target_length, cap)
+    kwargs = _generate_kwargs(model, DecodingOptions(max_new_tokens=budget))
+    answers = generate_answers(model, tokenizer, encoded, recipe.eval.batch_size, **kwargs)
     novel = report.novel_mask(train["message"], messages)
     retrieved = [response for _, response in nearest]
     metrics: dict[str, Any] = {"split": split, "num_examples": len(part), "num_novel": int(sum(novel))}
     metrics.update(report.score(answers, references, novel))
     metrics.update(report.score(retrieved, references, novel, prefix="retrieval_"))
-    metrics["generation"] = _describe_decoding(model)
+    metrics["generation"] = _describe_decoding(model, budget, longest)
     write_metrics(out, metrics)
     rows = [
         {
@@ -127,7 +148,8 @@ def run_decoding(model: Any) -> DecodingOptions:
 
 def _generate_kwargs(model: Any, decoding: DecodingOptions) -> dict[str, Any]:
     """``generate()`` arguments: what the caller set over the run's own decoding, checked."""
-    return seq2seq.as_max_length(decoding.over(run_decoding(model)).generate_kwargs())
+    kwargs = decoding.over(run_decoding(model)).generate_kwargs()
+    return kwargs if is_causal(model) else seq2seq.as_max_length(kwargs)
 
 
 def _run_memory(run_dir: Path, cfg: ChatDataConfig) -> chat_inputs.Memory | None:
@@ -163,8 +185,9 @@ def predict(
     each answer is also written as ``message -> answer`` when its batch is done.
 
     Returns:
-        One ``{"input": message, "generated_text": answer}`` per message: what ``pipeline("seq2seq-chat")`` returns
-        for it, beside the input.
+        One ``{"input": message, "generated_text": answer}`` per message: what ``pipeline("chat")`` returns for it
+        (a decoder-only run: ``pipeline("text-generation")`` on ``[{"role": "user", "content": message}]``), beside
+        the input.
     """
     if batch_size < 1:
         raise HftkError(f"--batch-size {batch_size}: expected a positive number")
@@ -174,10 +197,8 @@ def predict(
     messages = [str(m) for m in inputs]
     memory = _run_memory(Path(run_dir), cfg)
     given = memory.retrieve(messages) if memory is not None and messages else [None] * len(messages)
-    encoded = [
-        chat_inputs.encode_sample(tokenizer, [], m, cfg, f"input {i + 1}", extra)[0]
-        for i, (m, extra) in enumerate(zip(messages, given))
-    ]
+    prompts = chat_inputs.Prompts(tokenizer, cfg, is_causal(model))
+    encoded = [_encode(prompts, [], m, f"input {i + 1}", extra) for i, (m, extra) in enumerate(zip(messages, given))]
     results = []
     for start in range(0, len(messages), batch_size):
         chunk = slice(start, start + batch_size)
@@ -203,12 +224,23 @@ def iter_answer(
     kwargs = _generate_kwargs(model, decoding)
     memory = _run_memory(Path(run_dir), cfg)
     extra = memory.retrieve([message])[0] if memory is not None and message.strip() else None
-    ids, cut = chat_inputs.encode_sample(tokenizer, history, message, cfg, "message", extra)
-    if cut:
-        logger.info("history: the %d oldest turns kept out to fit data.max_input_length=%d", cut, cfg.max_input_length)
+    ids = _encode(chat_inputs.Prompts(tokenizer, cfg, is_causal(model)), history, message, "message", extra)
     tensor = torch.tensor([ids])
     inputs = {"input_ids": tensor, "attention_mask": torch.ones_like(tensor)}
     yield from generation.stream_generate(model, tokenizer, inputs, stop, **kwargs)
+
+
+def _encode(prompts: chat_inputs.Prompts, history: list[str], message: str, where: str, extra: Any) -> list[int]:
+    """A prompt for generation: what was cut to fit is logged; a run trained with data.on_long_sample=error refuses
+    a message too long for it (there is nothing to leave out here)."""
+    cfg = prompts.cfg
+    ids, cut = prompts.encode(history, message, where, extra, strict=cfg.on_long_sample == "error")
+    if cut.turns:
+        limit = cfg.max_input_length
+        logger.info("%s: the %d oldest turns left out to fit data.max_input_length=%d", where, cut.turns, limit)
+    if cut.message:
+        logger.warning("%s: its start cut (the end kept) to fit data.max_input_length=%d", where, cfg.max_input_length)
+    return ids
 
 
 def chat(
@@ -255,9 +287,11 @@ def chat(
 
 
 def demo(run_dir: Path):
-    from hftk.demos.seq2seq_chat import build_demo
+    from hftk.demos.chat import build_demo
 
     model, _ = load_run_model(run_dir)
     defaults = run_decoding(model)
     examples = example_inputs(Path(run_dir), 8)
-    return build_demo(Path(run_dir), iter_answer, read_metrics(Path(run_dir)), HEADLINE, examples, defaults)
+    kind = "decoder-only" if is_causal(model) else "encoder-decoder"
+    metrics = read_metrics(Path(run_dir))
+    return build_demo(Path(run_dir), iter_answer, metrics, HEADLINE, examples, defaults, kind)

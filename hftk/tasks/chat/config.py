@@ -1,4 +1,4 @@
-"""Seq2seq chat's facts and recipe sections: the model, data and evaluation settings a chat recipe has."""
+"""Chat's facts and recipe sections: the model, data and evaluation settings a chat recipe has."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 from hftk.generation import DecodingOptions
 from hftk.sections import DataConfig, EvalConfig, ModelConfig, setting
 
-TASK = "seq2seq-chat"
+TASK = "chat"
 TINY_OVERRIDES = [
     "model.name=t5",
     "model.model_args={d_model: 32, d_kv: 16, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2}",
@@ -37,9 +37,14 @@ HEADLINE = ["chrf", "bleu", "rougeL", "exact_match", "novel_chrf", "retrieval_ch
 
 @dataclass
 class ChatModelConfig(ModelConfig):
-    """The encoder-decoder: t5 (or another model type) from a config, a seq2seq checkpoint, or encoder-decoder."""
+    """The chat model: an encoder-decoder (t5 from a config, a seq2seq checkpoint, an encoder-decoder warm start) or
+    a decoder-only chat model (a causal LM with a chat template: smollm2-135m-instruct, a folder or Hub id)."""
 
-    name: str = setting("t5", "t5 (random init), a Hub id / folder (google/flan-t5-small), or encoder-decoder")
+    name: str = setting(
+        "t5",
+        "t5 (random init), encoder-decoder (warm start), a seq2seq or causal chat model (folder, Hub id, "
+        "smollm2-135m-instruct), or a causal model type (llama) with data.tokenizer",
+    )
     encoder: str = setting("minilm", "encoder-decoder: pretrained encoder (minilm, a BERT-style folder or Hub id)")
     decoder: Literal["encoder", "random"] = setting(
         "encoder", "encoder-decoder: decoder initialised from the encoder's weights, or at random"
@@ -60,11 +65,20 @@ class ChatDataConfig(DataConfig):
     history_turns: int = setting(2, "earlier turns given to the model before the message (0: the message alone)")
     deduplicate: bool = setting(False, "train on each distinct (history, message, response) once")
     retrieve: bool = setting(
-        False, "the model also reads the nearest training exchange (TF-IDF) and decides what to keep of its answer"
+        False,
+        "encoder-decoder: the model also reads the nearest training exchange (TF-IDF) and decides what to keep of "
+        "its answer",
     )
-    turn_separator: str = setting(" | ", "text between turns in the model input")
-    max_input_length: int = setting(128, "input tokens; longer histories lose their oldest turns")
-    max_target_length: int = setting(256, "response tokens learnt (longer responses are cut, and counted in the log)")
+    turn_separator: str = setting(" | ", "encoder-decoder: text between turns in the model input")
+    max_input_length: int = setting(
+        128, "prompt tokens (history, message, chat template); a longer prompt loses its oldest turns first"
+    )
+    max_target_length: int = setting(256, "answer tokens learnt (a sample whose answer is longer is left out)")
+    on_long_sample: Literal["truncate", "drop", "error"] = setting(
+        "truncate",
+        "a message too long for max_input_length even alone: keep its end (truncate), leave the sample out (drop), "
+        "or stop (error, also for a too long answer); counts are logged",
+    )
     tokenizer: str | None = setting(
         None, "None: the pretrained model's own (or a trained one); 'train': BPE trained on the split; a folder/Hub id"
     )

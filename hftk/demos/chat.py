@@ -1,4 +1,5 @@
-"""Seq2seq chat demo: a Gradio ChatInterface that keeps the conversation, streams answers and has a stop button."""
+"""Chat demo: a Gradio ChatInterface that keeps the conversation, streams answers and has a stop button (either
+family of chat model: the answers come from the task's ``iter_answer``)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def build_demo(
     headline: list[str],
     examples: list[str],
     defaults: DecodingOptions,
+    kind: str = "encoder-decoder",
 ):
     """``iter_answer(run_dir, history, message, stop, decoding)`` yields the answer piece by piece; the controls
-    start at ``defaults`` (the run's own decoding)."""
+    start at ``defaults`` (the run's own decoding); ``kind`` names the model's family in the header."""
     import gradio as gr
 
     def respond(message, history, max_new_tokens, temperature, top_p, num_beams, repetition_penalty, seed):
@@ -70,7 +72,7 @@ def build_demo(
         gr.Number(value=-1, precision=0, label="seed (-1: random)"),
     ]
     with gr.Blocks(title=f"hftk · {run_dir.name}") as demo:
-        gr.Markdown(f"# {run_dir.name}\nSeq2seq chat · {metrics_line(metrics, headline)}")
+        gr.Markdown(f"# {run_dir.name}\nChat ({kind}) · {metrics_line(metrics, headline)}")
         gr.ChatInterface(
             respond,
             additional_inputs=controls,
