@@ -41,13 +41,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import QUIET_OVERRIDES, QUIET_TRAINING, RECIPE_OPTIMIZATION_KEYS, machine, write_section  # noqa: E402
 
 RAW = ROOT / "benchmarks" / "object_detection.json"
-DEFAULT = ROOT / "recipes" / "object-detection" / "rtdetr-shapes.yaml"
+DEFAULT = ROOT / "recipes" / "object-detection" / "rtdetr-lite0-shapes.yaml"
 
 _TINY_RESNET = "{embedding_size: 32, hidden_sizes: [32, 64, 128, 256], depths: [1, 1, 1, 1], layer_type: basic"
 # Architectures tried, as overrides of the default recipe (same data, batch, learning rate and steps). DETR and
 # Conditional DETR read one feature map: stride 16 (8x8 at 128 px), as stride 32's 4x4 map loses the small shapes.
 ARCHS: dict[str, list[str]] = {
-    "rtdetr": [],
+    "rtdetr": [],  # the default: RT-DETR on the ImageNet EfficientNet-Lite0
+    # the former default: the same RT-DETR on a small random ResNet-D (recipes/object-detection/rtdetr-shapes.yaml)
+    "rtdetr-scratch": [
+        "model.backbone=rt_detr_resnet",
+        "model.backbone_pretrained=false",
+        f"model.backbone_args={_TINY_RESNET}, out_indices: [2, 3, 4]}}",
+        "train.learning_rate=1e-3",
+    ],
     "detr": [
         "model.name=detr",
         "model.backbone=resnet",
@@ -151,6 +158,10 @@ def plain_trainer(arch: str, steps: int, config_dir: Path, out: Path, evaluate: 
         }
 
     model = AutoModelForObjectDetection.from_config(AutoConfig.from_pretrained(config_dir))
+    if recipe.model.backbone_pretrained:  # the same ImageNet start as hftk's (timm's use_pretrained_backbone)
+        from hftk.models.vision import load_backbone_weights, timm_weights
+
+        load_backbone_weights(model, timm_weights(recipe.model.backbone, None, "model.backbone"))
     args = TrainingArguments(
         output_dir=str(out / f"plain-{arch}-{steps}"),
         **{k: v for k, v in recipe.train.items() if k in RECIPE_OPTIMIZATION_KEYS},
@@ -168,7 +179,7 @@ def _test_map(model, processor, recipe) -> dict:
     """hftk's COCO metric on the test split, for a model trained outside hftk."""
     from hftk.data.images import to_rgb
     from hftk.evaluation.detection import compute_map, detect, truth
-    from hftk.tasks.object_detection import load_data
+    from hftk.tasks.object_detection.training import load_data
 
     test = load_data(recipe)["test"]
     names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
@@ -236,7 +247,8 @@ def video(run_dir: Path, out: Path, frames: int = 240) -> dict:
     import torch
     from PIL import Image
 
-    from hftk.tasks.object_detection import example_inputs, load_run_model, predict
+    from hftk.runs import saved_examples as example_inputs
+    from hftk.tasks.object_detection.serving import load_run_model, predict
 
     images = [Image.open(p).convert("RGB") for p in example_inputs(run_dir, 8)]
     clip = out / "clip.mp4"

@@ -13,6 +13,10 @@ TASK = "object-detection"
 TINY_OVERRIDES = [
     "data.shapes={train: 48, validation: 8, test: 8, image_size: 64}",
     "data.image_size=64",
+    # the default's RT-DETR with a tiny random ResNet-D for the ImageNet Lite0 (tests/test_object_detection.py and
+    # tests/test_packaged.py load Lite0 into detectors): seconds per run
+    "model.backbone=rt_detr_resnet",
+    "model.backbone_pretrained=false",
     "model.backbone_args={embedding_size: 8, hidden_sizes: [8, 16, 16, 32], depths: [1, 1, 1, 1]}",
     "model.model_args={encoder_hidden_dim: 32, encoder_ffn_dim: 64, d_model: 32, decoder_in_channels: [32, 32, 32], "
     "decoder_ffn_dim: 64, decoder_layers: 2, num_queries: 20, num_denoising: 10, "
@@ -61,6 +65,7 @@ class DetectionModelConfig(ModelConfig):
     backbone_pretrained: bool = setting(
         False,
         "a timm backbone's pretrained weights: the Hub's (safetensors), offline a pip package's (efficientnet_lite0)",
+        per_architecture=True,
     )
     auxiliary_loss: bool | None = setting(True, "losses at every decoder layer (DETR trains so); None: the model's")
     backbone_batch_norm: Literal["auto", "train", "frozen"] = setting(
