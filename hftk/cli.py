@@ -3,6 +3,7 @@
 Usage:
     hftk train TASK_ID|RECIPE.yaml [KEY=VALUE ...] [--output-dir runs/mine] [--resume | --overwrite]
     hftk check TASK_ID|RECIPE.yaml [KEY=VALUE ...]                  (preflight: one real step, memory)
+    hftk search TASK_ID|RECIPE.yaml --trials N [--space space.yaml] [KEY=VALUE ...]   (Optuna, a run per trial)
     hftk evaluate RUN_DIR [--split validation]
     hftk predict RUN_DIR INPUT... [--json] [--OPTION VALUE ...]     (options: the run's task's own)
     hftk chat RUN_DIR [--OPTION VALUE ...]                          (tasks with an interactive mode)
@@ -42,6 +43,19 @@ def _train(args: argparse.Namespace) -> int:
         print(metrics_table(metrics, get_task(recipe.task).headline))
         print(f"\nrun folder: {run_dir}  (report: {run_dir / 'eval' / 'report.md'})")
         print(f"open the demo:  hftk demo {run_dir}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from hftk.search import SearchSettings, search
+
+    settings = SearchSettings(
+        args.recipe, args.overrides, args.trials, args.space, args.output_dir, args.overwrite, args.seed
+    )
+    folder = search(settings)
+    print((folder / "report.md").read_text())
+    if (folder / "best.yaml").is_file():
+        print(f"best recipe: {folder / 'best.yaml'}  (train it again: hftk train {folder / 'best.yaml'})")
     return 0
 
 
@@ -212,9 +226,19 @@ def _recipes(args: argparse.Namespace) -> int:
     for path in sorted(RECIPES_DIR.glob("*/*.yaml")):
         if path.parent.name == "accelerate":
             continue
-        first = next((ln for ln in path.read_text().splitlines() if ln.startswith("#")), "#").lstrip("# ").strip()
-        print(f"{str(path.relative_to(RECIPES_DIR.parent)):58} {first}")
+        print(f"{str(path.relative_to(RECIPES_DIR.parent)):58} {_description(path)}")
     return 0
+
+
+def _description(recipe: Path) -> str:
+    """A recipe's opening comment (the lines before its ``# Run:`` line), as one line."""
+    lines = []
+    for line in recipe.read_text().splitlines():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or text.startswith(("Run:", "Try:")):
+            break
+        lines.append(text)
+    return " ".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as for train")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_check)
+
+    p = sub.add_parser(
+        "search",
+        help="search recipe keys with Optuna: a run folder per trial, report.md and the best recipe",
+        epilog="space.yaml: `train.learning_rate: {low: 1e-4, high: 1e-2, log: true}` or `model.peft.r: [4, 8, 16]`.",
+    )
+    p.add_argument("recipe", help="recipe YAML path or task id (its default recipe)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides every trial gets")
+    p.add_argument("--trials", type=int, required=True, help="how many trials (runs) to train")
+    p.add_argument("--space", help="YAML of the keys to search (default: learning rate, weight decay, warmup, LoRA r)")
+    p.add_argument("--output-dir", help="search folder (default: runs/<recipe name>-search)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing search folder")
+    p.add_argument("--seed", type=int, default=42, help="seed of the TPE sampler")
+    p.set_defaults(func=_search)
 
     p = sub.add_parser("evaluate", help="evaluate a run's model and write eval/")
     p.add_argument("run_dir")
