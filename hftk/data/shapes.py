@@ -20,14 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from hftk.cache import build_once
+from hftk.cache import cache_root as hftk_cache
+from hftk.sections import setting
 
 VERSION = 2  # part of the cache key: bump it whenever the drawing changes
 MASKS_VERSION = 1  # part of the class maps' folder name: bump it whenever the maps change (not the images)
@@ -56,29 +57,32 @@ class ShapesSpec:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def shapes_dir(spec: ShapesSpec, cache_root: Path | None = None) -> Path:
-    """The folder holding ``spec``'s images and COCO annotations, drawn on first use (then reused).
+@dataclass
+class ShapesConfig:
+    """The recipe section of the embedded synthetic set (``data.shapes``: object detection, segmentation)."""
 
-    Drawing goes to a temporary folder renamed into place at the end, so a concurrent or killed run never
-    leaves (or reads) half a set.
-    """
-    root = Path(cache_root) if cache_root else _cache_root()
-    target = root / f"shapes-{spec.key()}"
-    if (target / "spec.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
-    try:
+    seed: int = setting(0, "drawing seed: the same seed draws the same images")
+    image_size: int = setting(128, "side of the square images, px")
+    train: int = setting(2000, "training images")
+    validation: int = setting(100, "validation images")
+    test: int = setting(200, "test images")
+
+    def spec(self) -> ShapesSpec:
+        return ShapesSpec(
+            seed=self.seed, image_size=self.image_size, train=self.train, validation=self.validation, test=self.test
+        )
+
+
+def shapes_dir(spec: ShapesSpec, cache_root: Path | None = None) -> Path:
+    """The folder holding ``spec``'s images and COCO annotations, drawn on first use (then reused)."""
+    target = (Path(cache_root) if cache_root else hftk_cache()) / f"shapes-{spec.key()}"
+
+    def draw(folder: Path) -> None:
         for split in SPLIT_STREAMS:
-            _write_split(spec, split, tmp)
-        (tmp / "spec.json").write_text(json.dumps({"version": VERSION, **asdict(spec)}, indent=1))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / "spec.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_split(spec, split, folder)
+        (folder / "spec.json").write_text(json.dumps({"version": VERSION, **asdict(spec)}, indent=1))
+
+    build_once(target, "spec.json", draw)
     return target
 
 
@@ -87,39 +91,23 @@ def shapes_masks_dir(spec: ShapesSpec, cache_root: Path | None = None) -> Path:
 
     The maps are the scenes of ``shapes_dir(spec)`` (drawn from the same random streams), written beside it rather
     than into it, so the detection set stays exactly as it was. Each map is a palette PNG whose pixel values are
-    class ids: 0 background, then ``CLASSES`` in order (``classes.json`` names them). Written like ``shapes_dir``:
-    into a temporary folder renamed into place.
+    class ids: 0 background, then ``CLASSES`` in order (``classes.json`` names them).
     """
-    root = Path(cache_root) if cache_root else _cache_root()
-    target = root / f"shapes-{spec.key()}-masks-v{MASKS_VERSION}"
-    if (target / "classes.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".shapes-masks-", dir=root))
+    target = (Path(cache_root) if cache_root else hftk_cache()) / f"shapes-{spec.key()}-masks-v{MASKS_VERSION}"
     palette = [v for colour in MASK_PALETTE for v in colour]
-    try:
+
+    def draw(folder: Path) -> None:
         for split, stream in SPLIT_STREAMS.items():
-            (tmp / split).mkdir()
+            (folder / split).mkdir()
             for index in range(getattr(spec, split)):
                 _, _, label_map = draw_scene(np.random.default_rng([spec.seed, stream, index]), spec)
                 mask = Image.fromarray(label_map, "P")
                 mask.putpalette(palette)
-                mask.save(tmp / split / f"{index:06d}.png", optimize=False, compress_level=1)
-        (tmp / "classes.json").write_text(json.dumps(["background", *CLASSES]))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / "classes.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                mask.save(folder / split / f"{index:06d}.png", optimize=False, compress_level=1)
+        (folder / "classes.json").write_text(json.dumps(["background", *CLASSES]))
+
+    build_once(target, "classes.json", draw)
     return target
-
-
-def _cache_root() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HOME) / "hftk"
 
 
 def _write_split(spec: ShapesSpec, split: str, out: Path) -> None:

@@ -113,6 +113,11 @@ def refuse_packaged(name: str, auto_class: type) -> None:
     )
 
 
+def is_checkpoint(name: str) -> bool:
+    """A local folder, or what reads as a Hub id (``owner/name``), rather than a model type or a name to build."""
+    return Path(name).expanduser().is_dir() or ("/" in name and not name.startswith(("/", ".", "~")))
+
+
 def build_config(model_type: str, model_args: dict, fields: dict) -> Any:
     """The config of a transformers model type with ``model_args`` (checked for typos) and the task's fields."""
     from transformers import AutoConfig

@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetec
 from hftk import compat
 from hftk.errors import HftkError, error_line
 from hftk.models import check_model_args, load_model
+from hftk.models.auto import is_checkpoint
 from hftk.models.parts import ModelParts, by_pattern
 from hftk.models.parts import model_parts as read_parts
 from hftk.models.vision import TimmWeights, load_backbone_weights, timm_weights
@@ -54,7 +55,7 @@ def detection_model_types() -> list[str]:
 def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple[Any, Any]:
     """``(model, image processor)`` for ``labels``; ``image_size`` fixes the square input side (None: the model's)."""
     fields: dict[str, Any] = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
-    checkpoint = _is_checkpoint(cfg.name)
+    checkpoint = is_checkpoint(cfg.name)
     weights = None  # a timm backbone's pretrained weights, loaded here (safetensors, Hub or pip package)
     if not checkpoint and cfg.name in detection_model_types():
         backbone_fields, weights = _backbone_fields(cfg)
@@ -86,10 +87,6 @@ def build_detector(cfg: Any, labels: list[str], image_size: int | None) -> tuple
     if weights is not None:  # feed the backbone what it was trained on (RT-DETR's processor only rescales)
         processor.do_normalize, processor.image_mean, processor.image_std = True, weights.mean, weights.std
     return model, processor
-
-
-def _is_checkpoint(name: str) -> bool:
-    return Path(name).expanduser().is_dir() or ("/" in name and not name.startswith(("/", ".", "~")))
 
 
 def _check_detector(config: Any, name: str) -> None:
@@ -300,7 +297,7 @@ def _part(name: str) -> str:
 
 def build_processor(cfg: Any, model: Any, image_size: int | None) -> Any:
     """The checkpoint's image processor (resized to ``image_size`` when set), or the model type's own."""
-    if _is_checkpoint(cfg.name):
+    if is_checkpoint(cfg.name):
         source = str(Path(cfg.name).expanduser()) if Path(cfg.name).expanduser().is_dir() else cfg.name
         try:
             processor = AutoImageProcessor.from_pretrained(

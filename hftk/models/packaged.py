@@ -16,14 +16,13 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hftk.cache import build_once
+from hftk.cache import cache_root as hftk_cache
 from hftk.errors import HftkError, error_line
 
 logger = logging.getLogger(__name__)
@@ -166,18 +165,7 @@ def packaged_folder(name: str, cache_root: Path | None = None) -> Path:
     version = importlib.metadata.version(weights.package)
     root = Path(cache_root) if cache_root else _cache_root()
     target = root / f"{name}-{version}"
-    if not (target / "model.safetensors").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
-            weights.convert(source, tmp)
-            try:
-                os.replace(tmp, target)
-            except OSError:  # another process finished first: keep its copy
-                if not (target / "model.safetensors").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if build_once(target, "model.safetensors", lambda folder: weights.convert(source, folder)):
         logger.info("pretrained %s: converted %s once to %s", name, source.name, target)
     _log_origin(weights, target)
     return target
@@ -195,9 +183,7 @@ def _log_origin(weights: PackagedWeights, folder: Path) -> None:
 
 
 def _cache_root() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HOME) / "hftk" / "packaged"
+    return hftk_cache() / "packaged"
 
 
 def _torch_load(path: Path) -> dict:

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation
 from hftk import compat
 from hftk.errors import HftkError, error_line
 from hftk.models import check_model_args, load_model
+from hftk.models.auto import is_checkpoint
 from hftk.models.parts import ModelParts, by_pattern
 from hftk.models.parts import model_parts as read_parts
 from hftk.models.vision import TimmWeights, timm_weights
@@ -56,7 +57,7 @@ def build_segmenter(cfg: Any, labels: list[str], image_size: int | None, ignore_
         "id2label": dict(enumerate(labels)),
         "label2id": {name: i for i, name in enumerate(labels)},
     }
-    checkpoint = _is_checkpoint(cfg.name)
+    checkpoint = is_checkpoint(cfg.name)
     weights = None  # a timm backbone's pretrained weights, loaded once the model is built
     if not checkpoint and cfg.name in segmentation_model_types():
         backbone_fields, weights = _backbone_fields(cfg)
@@ -82,10 +83,6 @@ def build_segmenter(cfg: Any, labels: list[str], image_size: int | None, ignore_
         freeze_batch_norms(model)
     processor = build_processor(cfg, model, image_size, weights)
     return model, processor
-
-
-def _is_checkpoint(name: str) -> bool:
-    return Path(name).expanduser().is_dir() or ("/" in name and not name.startswith(("/", ".", "~")))
 
 
 def _check_segmenter(config: Any, name: str) -> None:
@@ -145,7 +142,7 @@ def build_processor(cfg: Any, model: Any, image_size: int | None, weights: TimmW
     resized to ``image_size``; normalised as a pretrained timm backbone was trained."""
     import transformers
 
-    if _is_checkpoint(cfg.name):
+    if is_checkpoint(cfg.name):
         source = str(Path(cfg.name).expanduser()) if Path(cfg.name).expanduser().is_dir() else cfg.name
         try:
             processor = transformers.AutoImageProcessor.from_pretrained(

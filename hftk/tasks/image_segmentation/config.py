@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hftk.data.segmentation_transforms import SegmentationAugmentConfig
-from hftk.data.shapes import ShapesSpec
+from hftk.data.shapes import ShapesConfig
 from hftk.sections import DataConfig, EvalConfig, ModelConfig, setting
 
 TASK = "image-segmentation"
@@ -59,22 +59,6 @@ class SegmentationModelConfig(ModelConfig):
     batch_norm: Literal["train", "frozen"] = setting(
         "train", "batch norms: train (batch statistics), or frozen (kept statistics; small batches, many processes)"
     )
-
-
-@dataclass
-class ShapesConfig:
-    """The embedded synthetic scenes (the object-detection set's, with class maps; drawn once, cached)."""
-
-    seed: int = setting(0, "drawing seed: the same seed draws the same images")
-    image_size: int = setting(128, "side of the square images, px")
-    train: int = setting(2000, "training images")
-    validation: int = setting(100, "validation images")
-    test: int = setting(200, "test images")
-
-    def spec(self) -> ShapesSpec:
-        return ShapesSpec(
-            seed=self.seed, image_size=self.image_size, train=self.train, validation=self.validation, test=self.test
-        )
 
 
 @dataclass

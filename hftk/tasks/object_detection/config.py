@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hftk.data.detection_transforms import DetectionAugmentConfig
-from hftk.data.shapes import ShapesSpec
+from hftk.data.shapes import ShapesConfig
 from hftk.sections import DataConfig, EvalConfig, ModelConfig, setting
 
 TASK = "object-detection"
@@ -72,22 +72,6 @@ class DetectionModelConfig(ModelConfig):
         "auto",
         "backbone batch norms: auto trains a random or ImageNet backbone's, keeps a detector checkpoint's frozen",
     )
-
-
-@dataclass
-class ShapesConfig:
-    """The embedded synthetic set (drawn once per setting, cached under HF_HOME/hftk)."""
-
-    seed: int = setting(0, "drawing seed: the same seed draws the same images")
-    image_size: int = setting(128, "side of the square images, px")
-    train: int = setting(2000, "training images")
-    validation: int = setting(100, "validation images")
-    test: int = setting(200, "test images")
-
-    def spec(self) -> ShapesSpec:
-        return ShapesSpec(
-            seed=self.seed, image_size=self.image_size, train=self.train, validation=self.validation, test=self.test
-        )
 
 
 @dataclass
