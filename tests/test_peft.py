@@ -50,8 +50,23 @@ def test_lora_run_is_small_reloads_and_merges_to_the_same_predictions(task_id, p
     for a, b in zip(strip(again), strip(first)):
         if "predictions" in a:  # scores agree to float precision once merged
             assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        elif "detections" in a:
+            _same_detections(a["detections"], b["detections"])
         else:
             assert a == b
+
+
+def _same_detections(a: list[dict], b: list[dict], tolerance: float = 1e-4) -> None:
+    """The same boxes with the same scores to float precision. The detector keeps its top-k scores: the nearly tied
+    ones at the cut (an untrained tiny detector scores many queries alike) may trade places once merged."""
+    assert bool(a) == bool(b)
+    if not a:
+        return
+    floor = max(min(d["score"] for d in a), min(d["score"] for d in b)) + tolerance
+    scores = [{(d["label"], *d["box"].values()): d["score"] for d in found if d["score"] > floor} for found in (a, b)]
+    assert scores[0].keys() == scores[1].keys()
+    for key, score in scores[0].items():
+        assert score == pytest.approx(scores[1][key], abs=tolerance / 10), key
 
 
 @pytest.mark.parametrize(
