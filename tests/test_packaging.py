@@ -1,6 +1,7 @@
 """A plain (non-editable) install carries what hftk needs at run time (recipes, metric modules) and trains anywhere."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,13 @@ from hftk.config import RECIPES_DIR
 from hftk.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_ONLY = (".git", ".venv", "build", "runs", "*.egg-info", "__pycache__", ".*_cache")
 
 
 def test_installed_package_trains_its_default_recipe_from_another_folder(tmp_path):
+    # a copy of the sources: setuptools builds in the source tree's build/, whose stale files (a recipe renamed since
+    # the last build) a plain `pip install .` would ship
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=shutil.ignore_patterns(*LOCAL_ONLY))
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -24,7 +29,7 @@ def test_installed_package_trains_its_default_recipe_from_another_folder(tmp_pat
             "--no-build-isolation",
             "--target",
             str(target),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,
