@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import ProgressCallback, TrainerCallback, TrainingArguments, set_seed
@@ -49,6 +49,7 @@ from hftk.tasks.contract import TrainerInputs
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "hftk-complete.json"  # written last into a checkpoint; a checkpoint without it is ignored
+STREAM_STATE = "stream_state.json"  # where each process's training stream stood, in a checkpoint
 BUDGET_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
@@ -151,6 +152,84 @@ class CheckpointGuard(TrainerCallback):
         _write_atomic(folder / COMPLETE_MARKER, json.dumps(manifest))
         if self.save_total_limit:
             rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint, use_mtime=False)
+
+
+@runtime_checkable
+class TrainStream(Protocol):
+    """A training stream (``hftk.data.lm.StreamBlocks``): endless, full batches, each process reading its own part.
+
+    transformers 5.24 saves no dataset state in its checkpoints and resumes an IterableDataset by reading it again from
+    the start and dropping the batches already trained on (``skip_first_batches``): for a corpus bigger than memory,
+    re-reading and re-tokenizing all of it so far. (accelerate can checkpoint torchdata's ``StatefulDataLoader``, but
+    the Trainer's checkpoints do not use it.) A stream says instead where it stands, and hftk saves that.
+    """
+
+    def state_at(self, examples: int) -> dict:
+        """JSON-able position after this process's first ``examples`` examples."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Start the next iteration at a position ``state_at`` gave."""
+
+
+class StreamLoading:
+    """Trainer mixin: a ``TrainStream`` is read through a plain DataLoader in the main process.
+
+    accelerate's ``prepare`` would split an IterableDataset over the processes once more (``IterableDatasetShard``
+    keeps one batch in N, or process 0 reads for all with ``dispatch_batches``); the stream already reads this
+    process's part. Its position is computed in this process, so no dataloader workers (each would hold its own).
+    """
+
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, TrainStream):
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        if self.args.dataloader_num_workers:
+            logger.info("train.dataloader_num_workers: a training stream is read in the main process")
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.args.train_batch_size,
+            collate_fn=self.data_collator,
+            pin_memory=self.args.dataloader_pin_memory,
+            # starting an iterator draws a seed from this generator, not from torch's global one: a resumed run
+            # restores the global one before that draw (it skips no batches), which moved its dropout off the straight
+            # run's
+            generator=torch.Generator(),
+        )
+
+
+class StreamCheckpoint(TrainerCallback):
+    """Saves every process's stream position in each checkpoint (``stream_state.json``), for ``--resume``.
+
+    A stream never ends and its batches are full, so after ``global_step`` optimizer steps each process has trained on
+    exactly ``global_step x gradient_accumulation_steps x batch`` examples, whatever its data loader read ahead.
+    Placed before the checkpoint guard, so the file is part of the complete checkpoint.
+    """
+
+    def __init__(self, stream: TrainStream, args: Any):
+        self.stream = stream
+        self.per_step = args.train_batch_size * args.gradient_accumulation_steps
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate.utils import gather_object
+
+        positions = gather_object([self.stream.state_at(state.global_step * self.per_step)])
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            _write_atomic(folder / STREAM_STATE, json.dumps({"processes": len(positions), "positions": positions}))
+
+
+def restore_stream(stream: TrainStream, checkpoint: Path, args: Any) -> None:
+    """Continue ``stream`` where ``checkpoint`` left it, and stop the Trainer from skipping batches itself."""
+    path = checkpoint / STREAM_STATE
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is None or saved["processes"] != args.world_size:
+        was = f"written by {saved['processes']} processes" if saved else "without a stream position"
+        logger.warning("%s was %s: the stream is read again from its start to skip what was trained", checkpoint, was)
+        return
+    stream.load_state_dict(saved["positions"][args.process_index])
+    args.ignore_data_skip = True  # the stream itself continues where it was
+    logger.info("--resume: the training stream continues where %s left it", checkpoint.name)
 
 
 def _schedule_factor(kind: str, warmup: float, progress: float) -> float:
@@ -419,7 +498,13 @@ def layer_training(recipe: Recipe, task: Any, model: Any, args: Any) -> tuple[tu
     return optimizer_factory(scales, args), callbacks
 
 
-def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+def train(
+    recipe: Recipe,
+    output_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Path:
     """Train, save the final model, evaluate it on the test split and write the model card.
 
     Args:
@@ -427,6 +512,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
         output_dir: the run folder.
         resume: continue from the newest complete checkpoint in ``output_dir``.
         overwrite: delete an existing run in ``output_dir`` first.
+        callbacks: more TrainerCallbacks for this run (`hftk search` reports evaluations to its trial with one).
 
     Returns:
         The run folder.
@@ -455,10 +541,16 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
     budget = _budget(recipe, args, checkpoint)
     if resume and state.is_main_process:
         _remove_incomplete_checkpoints(output_dir)
+    stream = datasets["train"] if isinstance(datasets["train"], TrainStream) else None
+    if stream is not None and checkpoint:
+        restore_stream(stream, checkpoint, args)
+    extra = list(callbacks or [])
     callbacks = [
         *([budget] if budget else []),
         *build_regularization(recipe.regularization, args, checkpoint),  # before the guard: they add files
+        *([StreamCheckpoint(stream, args)] if stream is not None else []),
         CheckpointGuard(recipe.train.get("save_total_limit"), budget),
+        *extra,
     ]
     if recipe.eval.early_stopping_patience:
         callbacks.append(_early_stopping(recipe, args))
@@ -471,7 +563,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
         trainer.add_callback(BudgetProgress(budget))
     logger.info("training %s%s", recipe.name, f" from {checkpoint}" if checkpoint else "")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics = _train_metrics(result.metrics, trainer, len(datasets["train"]))
+    metrics = _train_metrics(result.metrics, trainer, _size(datasets["train"]))
     metrics.update(trainable_parameters=trainable, total_parameters=total)
     _save_final_model(trainer, output_dir)
     if state.is_main_process:
@@ -483,7 +575,7 @@ def train(recipe: Recipe, output_dir: str | Path, resume: bool = False, overwrit
         trainer.save_metrics(
             recipe.eval.split, {f"{recipe.eval.split}_{k}": v for k, v in test_metrics.items() if _is_number(v)}
         )
-        sizes = {split: len(rows) for split, rows in data.items()}
+        sizes = {split: size for split, rows in data.items() if (size := _size(rows)) is not None}  # streams: none
         write_model_card(output_dir, recipe, test_metrics, trainer=trainer, split_sizes=sizes)
         if recipe.hub.push:
             from hftk.hub import push_run
@@ -540,7 +632,15 @@ def _remove_incomplete_checkpoints(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _train_metrics(metrics: dict[str, Any], trainer: Any, num_examples: int) -> dict[str, Any]:
+def _size(dataset: Any) -> int | None:
+    """Examples in a split; None for a stream."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def _train_metrics(metrics: dict[str, Any], trainer: Any, num_examples: int | None) -> dict[str, Any]:
     """Throughput from the steps actually taken (the Trainer assumes max_steps, wrong under a budget)."""
     metrics = dict(metrics)
     steps = trainer.state.global_step
@@ -549,7 +649,8 @@ def _train_metrics(metrics: dict[str, Any], trainer: Any, num_examples: int) -> 
         trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
     )
     metrics["train_steps"] = steps
-    metrics["train_samples"] = num_examples
+    if num_examples is not None:
+        metrics["train_samples"] = num_examples
     metrics["train_steps_per_second"] = round(steps / runtime, 3)
     metrics["train_samples_per_second"] = round(steps * batch / runtime, 3)
     metrics["epoch"] = round(trainer.state.epoch or 0.0, 4)

@@ -4,19 +4,24 @@ The token stream of a split is ``[eos] doc_1 [eos] doc_2 ... doc_n``: every docu
 and the end-of-text token separates documents. Training reads fixed blocks of that stream (packing, the
 default; blocks start at random offsets each time, nanoGPT-style) or one example per document (variable
 length, ``data.packing=false``). Evaluation reads sliding windows that predict every token exactly once.
+A corpus bigger than memory is read as a stream instead (``StreamBlocks``): tokenized and packed as it is read.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
+
+from hftk.errors import HftkError
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +110,126 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor(state.epoch + 1e-6))  # a run resumed mid-epoch resumes that epoch
+
+
+class StreamBlocks(torch.utils.data.IterableDataset):
+    """Packed blocks of a document stream (a ``datasets.IterableDataset``), tokenized as it is read, in bounded memory.
+
+    The token stream is ``[eos] doc_1 [eos] doc_2 ...`` as for in-memory data, cut into ``block_size`` blocks. Blocks
+    are shuffled a window at a time: documents are read until at least ``shuffle_buffer`` blocks are complete, and that
+    window is permuted with a generator seeded by (seed, window number). A window is a function of where its reading
+    began (the documents' ``state_dict`` and the tokens carried over), so ``state_at`` is that plus an offset, and a
+    run resumed from it reads exactly the blocks the straight run read. datasets' own rolling shuffle buffer is lost on
+    resume (datasets 5.2 documents it), which made resumed runs differ. The stream repeats without end (the documents
+    from the start again); ``train.max_steps`` ends training.
+
+    Several processes: each gets the documents it reads (its own shards, or the whole stream) and ``keep`` =
+    (offset, step): it keeps blocks number i with i % step == offset (see ``hftk.data.text.DocumentStream.part``).
+    """
+
+    READ_BATCH = 256  # documents tokenized per tokenizer call
+
+    def __init__(
+        self,
+        documents: Any,
+        tokenizer: Any,
+        block_size: int,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        keep: tuple[int, int] = (0, 1),
+        separate_documents: bool = True,
+    ):
+        self.offset, self.step = keep
+        self.documents = documents
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.window = max(1, shuffle_buffer)
+        self.shuffle = shuffle_buffer > 1
+        self.seed = seed
+        self.separator = [tokenizer.eos_token_id] if separate_documents else []
+        self.origin = documents.state_dict()  # not read yet (see sample_texts): where every pass begins
+        self.start = {"documents": None, "carry": [], "window": 0, "position": 0, "skip": 0}
+        self.windows: deque = deque(maxlen=4096)  # (first block, blocks, start state) of windows read, for state_at
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (from ``state_at``) at the next iteration."""
+        self.start = dict(state)
+
+    def state_at(self, examples: int) -> dict:
+        """Where this process's stream stands after its first ``examples`` blocks (JSON-able).
+
+        The data loader reads ahead of training, so the position is computed from what training consumed, not from
+        what was read; windows wholly before it are forgotten.
+        """
+        position = self.offset + examples * self.step  # the stream's block number of this process's next block
+        while len(self.windows) > 1 and self.windows[1][0] <= position:
+            self.windows.popleft()
+        for first, count, state in self.windows:
+            if first <= position <= first + count:
+                return {**state, "skip": position - first}
+        raise RuntimeError(f"stream position {position} is not among the windows read ({len(self.windows)} kept)")
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        first = self.start["position"] + self.start.get("skip", 0)
+        for state, blocks in self._windows():
+            order = range(len(blocks))
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, state["window"]]).permutation(len(blocks))
+            for j, index in enumerate(order):
+                number = state["position"] + j
+                if number >= first and (number - self.offset) % self.step == 0:
+                    ids = torch.from_numpy(blocks[index].astype(np.int64))
+                    yield {"input_ids": ids, "labels": ids}
+
+    def _windows(self) -> Iterator[tuple[dict, np.ndarray]]:
+        """``(state where the window's reading began, its blocks in reading order)`` from ``self.start`` on."""
+        state = {key: value for key, value in self.start.items() if key != "skip"}
+        self.windows.clear()
+        self.documents.load_state_dict(state["documents"] or self.origin)
+        texts = self._texts(resumed=state["documents"] is not None)
+        carry = np.asarray(state["carry"], dtype=np.int32)
+        while True:
+            blocks: list[np.ndarray] = []
+            count = 0
+            while count < self.window:
+                parts = [carry]
+                for ids in encode_documents(self.tokenizer, list(itertools.islice(texts, self.READ_BATCH))):
+                    parts += [np.asarray(self.separator, dtype=np.int32), np.asarray(ids, dtype=np.int32)]
+                tokens = np.concatenate(parts)
+                cut = len(tokens) - len(tokens) % self.block_size
+                blocks.append(tokens[:cut].reshape(-1, self.block_size))
+                count += len(blocks[-1])
+                carry = tokens[cut:]
+            window = np.concatenate(blocks)
+            self.windows.append((state["position"], len(window), state))
+            following = {
+                "documents": self.documents.state_dict(),  # after the last document read: texts reads no further
+                "carry": carry.tolist(),
+                "window": state["window"] + 1,
+                "position": state["position"] + len(window),
+            }
+            yield state, window
+            state = following
+
+    def _texts(self, resumed: bool) -> Iterator[str]:
+        """The documents' non-blank texts, one pass after another, without end."""
+        while True:
+            found = False
+            try:
+                for row in self.documents:
+                    text = row["text"]
+                    if isinstance(text, str) and text.strip():
+                        found = True
+                        yield text
+            except UnicodeDecodeError as err:
+                raise HftkError(
+                    f"data: the training stream is not UTF-8 text ({err}); convert it, or set "
+                    "data.encoding_errors=replace"
+                ) from None
+            if not found and not resumed:
+                raise HftkError("data: the training stream holds no text (every document is empty or blank)")
+            resumed = False
+            self.documents.load_state_dict(self.origin)  # the next pass starts at the beginning again
 
 
 def document_examples(tokenizer: Any, texts: list[str], block_size: int, flatten: bool) -> list[dict]:

@@ -1,6 +1,7 @@
 """Text generation: GPT-style decoders and LSTM/GRU language models, trained from scratch or fine-tuned.
 
-Data: the embedded ``python-docs`` prose, local text/jsonl/csv, or a Hub dataset (``hftk/data/text.py``).
+Data: the embedded ``python-docs`` prose, local text/jsonl/csv, or a Hub dataset (``hftk/data/text.py``); with
+``data.streaming`` any of them as a stream, for corpora bigger than memory (``hftk.data.lm.StreamBlocks``).
 From scratch, a byte-level BPE tokenizer is trained on the training split and saved in the run; a
 pretrained model brings its own. The headline metric is bits per byte on the test split.
 """
@@ -17,12 +18,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from datasets import Dataset, DatasetDict
 from transformers import Trainer, TrainingArguments
 
 from hftk import generation, runs
 from hftk.data import lm
-from hftk.data.text import load_text_data
+from hftk.data.text import load_text_data, load_text_stream, sample_texts
 from hftk.errors import HftkError
 from hftk.evaluation import eval_dir, plot_learning_curves, read_metrics, write_metrics
 from hftk.evaluation import text as report
@@ -33,6 +35,7 @@ from hftk.models.parts import model_parts as read_parts
 from hftk.models.text import RNN_CELLS, build_causal_lm, load_tokenizer
 from hftk.sections import RECIPES_DIR, DataConfig, EvalConfig, ModelConfig, Recipe, setting
 from hftk.tasks.contract import TaskSpec, TrainerInputs
+from hftk.training import StreamLoading
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,17 @@ class TextDataConfig(DataConfig):
     vocab_size: int = setting(4096, "size of the byte-level BPE vocabulary trained on the training split")
     min_frequency: int = setting(2, "BPE: pairs seen fewer times are not merged")
     tokenizer: str | None = setting(None, "use this tokenizer (folder or Hub id) instead of training one")
+    streaming: bool = setting(
+        False, "read the training data as a stream (any size; tokenized and packed as read); needs train.max_steps"
+    )
+    shuffle_buffer: int = setting(10000, "streaming: blocks read and shuffled together, one window at a time (0: off)")
+    holdout_documents: int = setting(
+        1000,
+        "streaming, data without validation/test splits: the stream's first N documents are test, next N validation",
+    )
+    tokenizer_sample_mb: float = setting(
+        20.0, "streaming: MB from the start of the training stream the BPE learns from"
+    )
 
 
 @dataclass
@@ -104,8 +118,27 @@ class TextEvalConfig(EvalConfig):
     )
 
 
-def load_data(recipe: Recipe) -> DatasetDict:
+def load_data(recipe: Recipe) -> DatasetDict | dict[str, Any]:
+    """Documents per split; with ``data.streaming`` the training split is a ``hftk.data.text.DocumentStream``."""
+    if recipe.data.streaming:
+        _check_streaming(recipe)
+        return load_text_stream(recipe.data)
     return load_text_data(recipe.data)
+
+
+def _check_streaming(recipe: Recipe) -> None:
+    """What a stream cannot do, said before anything is read: it has no length, so no epochs."""
+    train, cfg = recipe.train, recipe.data
+    if train.get("max_steps", -1) in (-1, None) and not recipe.budget.minutes:
+        raise HftkError("data.streaming: set train.max_steps (a stream has no length, so epochs cannot end training)")
+    for key in ("eval_strategy", "save_strategy"):
+        if train.get(key) == "epoch":
+            every = key.replace("strategy", "steps")
+            raise HftkError(f"data.streaming: train.{key}=epoch never comes on a stream; use steps (train.{every})")
+    if not cfg.packing:
+        raise HftkError("data.packing=false: not with data.streaming (a stream is read as packed blocks)")
+    if cfg.shuffle_buffer < 0 or cfg.tokenizer_sample_mb <= 0:
+        raise HftkError("data.shuffle_buffer (>= 0) and data.tokenizer_sample_mb (> 0): expected sizes, not negatives")
 
 
 def _check_data(recipe: Recipe) -> None:
@@ -139,7 +172,11 @@ def build_model(recipe: Recipe, data: DatasetDict) -> tuple[Any, Any]:
             raise HftkError(f"data.tokenizer '{recipe.data.tokenizer}': cannot load it ({err})") from None
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     else:
-        tokenizer = lm.train_bpe_tokenizer(data["train"]["text"], recipe.data.vocab_size, recipe.data.min_frequency)
+        if recipe.data.streaming:  # the start of the stream: enough text for the merges, not the whole corpus
+            texts = sample_texts(data["train"].documents(), int(recipe.data.tokenizer_sample_mb * 1e6))
+        else:
+            texts = data["train"]["text"]
+        tokenizer = lm.train_bpe_tokenizer(texts, recipe.data.vocab_size, recipe.data.min_frequency)
     return build_causal_lm(recipe.model, tokenizer, recipe.data.block_size), tokenizer
 
 
@@ -156,7 +193,20 @@ def prepare_datasets(recipe: Recipe, data: DatasetDict, processor: Any) -> Datas
     """Training blocks (packed, or one per document) and evaluation windows that score every token once."""
     cfg = recipe.data
     stride = cfg.eval_stride or max(1, cfg.block_size // 2)
-    if cfg.packing:
+    if cfg.streaming:
+        state = PartialState()  # each process reads its own part of the stream
+        documents, keep = data["train"].part(state.process_index, state.num_processes)
+        train = lm.StreamBlocks(
+            documents,
+            processor,
+            cfg.block_size,
+            cfg.shuffle_buffer,
+            recipe.train.get("seed", 42),
+            keep,
+            separate_documents=cfg.join_rows is None,  # line-per-row data: no end-of-text between rows
+        )
+        logger.info("train: a stream of %d-token blocks, shuffled %d at a time", cfg.block_size, cfg.shuffle_buffer)
+    elif cfg.packing:
         stream = lm.token_stream(processor, data["train"]["text"])
         train = lm.PackedBlocks(stream, cfg.block_size, cfg.random_offsets, recipe.train.get("seed", 42))
         logger.info("train: %s tokens in %d blocks of %d", f"{len(stream):,}", len(train), train.block_size)
@@ -191,7 +241,7 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
     def sample(model: Any) -> list[dict]:
         return sample_continuations(model, tokenizer, list(cfg.prompts), cfg.sample_tokens)
 
-    return Trainer(
+    return TextTrainer(
         model=inputs.model,
         args=inputs.args,
         train_dataset=inputs.datasets["train"],
@@ -203,6 +253,10 @@ def build_trainer(inputs: TrainerInputs) -> Trainer:
         optimizer_cls_and_kwargs=inputs.optimizer,
         preprocess_logits_for_metrics=window_nats,
     )
+
+
+class TextTrainer(StreamLoading, Trainer):
+    """The Trainer, reading a training stream through its own process-local loader (``hftk.training``)."""
 
 
 def _epoch_callbacks(train: Any) -> list:
@@ -248,6 +302,8 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, Any]:
 
 def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]:
     """Bits per byte, perplexity and loss on ``split``; writes metrics.json, report.md, learning curves."""
+    if split == "train" and recipe.data.streaming:
+        raise HftkError("--split train: a streamed training split has no end; evaluate validation or test")
     out = eval_dir(run_dir, split, recipe.eval.split)
     texts = load_data(recipe)[split]["text"]
     model, tokenizer = load_run_model(run_dir)
