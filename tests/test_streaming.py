@@ -135,38 +135,40 @@ def test_a_glob_of_shards_trains_and_is_evaluated_on_held_out_documents(shard_ru
     assert "stream_state.json" in json.loads((run_dir / "checkpoint-8" / "hftk-complete.json").read_text())["files"]
 
 
-def test_resume_continues_the_stream_and_ends_like_the_straight_run(shard_run, tmp_path, caplog):
-    run_dir, argv = shard_run
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
+def _first_checkpoint_of(run_dir: Path, resumed: Path) -> Path:
+    """A run folder holding only ``run_dir``'s first checkpoint and recipe, as a run killed after step 4 leaves it."""
     shutil.copytree(run_dir / "checkpoint-4", resumed / "checkpoint-4")
     shutil.copy(run_dir / "recipe.yaml", resumed / "recipe.yaml")
-    with caplog.at_level("INFO"):
-        assert main(["train", RECIPE, *argv, "--output-dir", str(resumed), "--resume"]) == 0
-    assert "the training stream continues where checkpoint-4 left it" in caplog.text
+    return resumed / "checkpoint-4"
+
+
+def _resume_ends_like(run_dir: Path, resumed: Path, argv: list[str]) -> None:
+    assert main(["train", RECIPE, *argv, "--output-dir", str(resumed), "--resume"]) == 0
     a, b = load_file(run_dir / "model.safetensors"), load_file(resumed / "model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=0, rtol=0, msg=key)
+
+
+def test_resume_continues_the_stream_and_ends_like_the_straight_run(shard_run, tmp_path, caplog):
+    run_dir, argv = shard_run
+    _first_checkpoint_of(run_dir, tmp_path / "resumed")
+    with caplog.at_level("INFO"):
+        _resume_ends_like(run_dir, tmp_path / "resumed", argv)
+    assert "the training stream continues where checkpoint-4 left it" in caplog.text
 
 
 def test_a_checkpoint_without_a_stream_position_resumes_by_reading_again(shard_run, tmp_path, caplog):
     """A checkpoint from before streaming positions were saved (or from another process count): the Trainer's own
     way, reading the stream from its start and dropping the batches trained on, ends at the same weights."""
     run_dir, argv = shard_run
-    resumed = tmp_path / "resumed"
-    checkpoint = resumed / "checkpoint-4"
-    shutil.copytree(run_dir / "checkpoint-4", checkpoint)
-    shutil.copy(run_dir / "recipe.yaml", resumed / "recipe.yaml")
+    checkpoint = _first_checkpoint_of(run_dir, tmp_path / "resumed")
     (checkpoint / "stream_state.json").unlink()
     marker = json.loads((checkpoint / "hftk-complete.json").read_text())
     del marker["files"]["stream_state.json"]
     (checkpoint / "hftk-complete.json").write_text(json.dumps(marker))
     with caplog.at_level("INFO"):
-        assert main(["train", RECIPE, *argv, "--output-dir", str(resumed), "--resume"]) == 0
+        _resume_ends_like(run_dir, tmp_path / "resumed", argv)
     assert "the stream is read again from its start" in caplog.text
-    a, b = load_file(run_dir / "model.safetensors"), load_file(resumed / "model.safetensors")
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=0, rtol=0, msg=key)
 
 
 @pytest.mark.parametrize(
@@ -204,9 +206,7 @@ def test_two_processes_train_like_one_with_gradient_accumulation_and_resume(tmp_
     _run([*launch, *train, "--output-dir", str(two)])
     state = json.loads((two / "checkpoint-4" / "stream_state.json").read_text())
     assert state["processes"] == 2 and [p["skip"] + p["position"] for p in state["positions"]] == [32, 33]
-    resumed.mkdir()
-    shutil.copytree(two / "checkpoint-4", resumed / "checkpoint-4")
-    shutil.copy(two / "recipe.yaml", resumed / "recipe.yaml")
+    _first_checkpoint_of(two, resumed)
     _run([*launch, *train, "--output-dir", str(resumed), "--resume"])
     a, b, c = (load_file(d / "model.safetensors") for d in (one, two, resumed))
     for key in a:
