@@ -8,8 +8,9 @@ export (the model behind a plain tensor interface), a batch of real test-split i
 (the batch always is). Each graph is exported with ``torch.onnx.export`` (the dynamo exporter), run in ONNX Runtime
 on those inputs and on a batch of another size, and compared with PyTorch within the graph's tolerance. The export
 folder holds the ``.onnx`` files, the run's config and processor/tokenizer files, and ``export.json`` with the
-parity errors and latencies (batch 1 and 32). optimum's exporter is not used: optimum-onnx 0.1 requires
-transformers < 4.58.
+parity errors and latencies (batch 1 and 32), and what the task's ``onnx_check`` reports on the export as a whole
+(chat: greedy answers through the graphs equal to ``generate``'s). optimum's exporter is not used: optimum-onnx 0.1
+requires transformers < 4.58.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import shutil
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,9 @@ COPIED = (
     "special_tokens_map.json",
     "vocab.txt",
     "spiece.model",
+    "chat_template.jinja",  # the chat template of a decoder-only chat model (transformers 5 keeps it apart)
+    "recipe.yaml",  # how the run writes a prompt (chat: turn separator, history, input length)
+    "chat_memory.json",  # the training exchanges a chat run with data.retrieve reads
 )
 
 
@@ -57,6 +62,7 @@ class OnnxGraph:
     max_sizes: dict[str, int] | None = None  # axis name -> largest size (e.g. the model's context)
     tolerance: float = 1e-4
     per_example: bool = False  # a batch-1 graph that ONNX Runtime runs once per example (set by export_graph)
+    named_axes: bool = False  # axes as names only: torch.export may guard them (see _export); max_sizes unused
 
 
 class NamedOutputs(torch.nn.Module):
@@ -111,6 +117,8 @@ def export_run(run_dir: Path, fmt: str = "onnx", out_dir: Path | None = None, ba
             entry["max_error"],
             graph.tolerance,
         )
+    if task.onnx_check is not None:
+        report.update(task.onnx_check(run_dir, out_dir))
     (out_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -148,11 +156,18 @@ class _BatchFixed(Exception):
 
 
 def _export(graph: OnnxGraph, path: Path) -> None:
+    """A ``torch.export.Dim`` per axis name; with ``graph.named_axes`` the names themselves, which the exporter turns
+    into ``Dim.DYNAMIC`` axes carrying those names. A ``Dim`` must hold for every size in its range, so torch.export
+    refuses it over a guard it adds on a symbolic size that no model code asked for (T5's decoder with its key/value
+    cache in transformers 5.24 gets ``decoder_sequence != 5`` from a contiguity check of torch 2.14); a
+    ``Dim.DYNAMIC`` axis takes such a guard as a refinement, and ``_check_dynamic_axes`` still refuses a fixed one."""
     dims: dict[str, Any] = {}
     max_sizes = graph.max_sizes or {}
     shapes = tuple(
         {
-            axis: dims.setdefault(label, torch.export.Dim(label, max=max_sizes.get(label, 2**20)))
+            axis: label
+            if graph.named_axes
+            else dims.setdefault(label, torch.export.Dim(label, max=max_sizes.get(label, 2**20)))
             for axis, label in graph.dynamic.get(name, {}).items()
         }
         for name in graph.inputs
@@ -160,7 +175,9 @@ def _export(graph: OnnxGraph, path: Path) -> None:
     graph.module.eval()
     progress = io.StringIO()  # the exporter prints its steps; they go to the debug log, not the user's terminal
     try:
-        with contextlib.redirect_stdout(progress):
+        with contextlib.redirect_stdout(progress), warnings.catch_warnings():
+            # named axes: the exporter warns that an axis keeps a name when two inputs share it, which they mean to
+            warnings.filterwarnings("ignore", message="# The axis name")
             torch.onnx.export(
                 graph.module,
                 tuple(graph.inputs.values()),

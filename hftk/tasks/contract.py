@@ -111,6 +111,10 @@ class TaskSpec:
     """``(run_dir, input_fn, output, *, <options>)``: an interactive terminal session (`hftk chat RUN`)."""
     onnx_graphs: Callable[[Path, int], list] | None = None
     """``(run_dir, batch_size) -> [hftk.export.OnnxGraph]``: what `hftk export --format onnx` writes and checks."""
+    onnx_check: Callable[[Path, Path], dict] | None = None
+    """``(run_dir, export_dir) -> report``: a check of the whole export beyond each graph's tensor parity (chat: the
+    greedy answers of a loop over the graphs equal ``generate``'s), run after the graphs are written; its dict joins
+    export.json, and a failed check is an ``HftkError``. None: the graphs' parity is the whole check."""
     model_facts: Callable[[Any], ModelFacts | None] | None = None
     """``(model config) -> ModelFacts``, for a task that trains several kinds of model (chat: encoder-decoder and
     decoder-only): a run's card, `hftk merge` and pipelines follow the run's own model; None: the spec's facts."""

@@ -14,7 +14,7 @@ from transformers import Seq2SeqTrainingArguments
 
 from hftk.models import seq2seq
 from hftk.sections import RECIPES_DIR
-from hftk.tasks.chat import serving, training
+from hftk.tasks.chat import onnx, serving, training
 from hftk.tasks.chat.config import (
     DETERMINISTIC_OVERRIDES,
     HEADLINE,
@@ -59,5 +59,7 @@ SPEC = TaskSpec(
     model_parts=training.model_parts,
     quantizable=True,  # QLoRA on a pretrained language model (hftk.models.adapters)
     chat=serving.chat,
+    onnx_graphs=onnx.onnx_graphs,  # with the key/value cache, as Optimum lays out each family's graphs
+    onnx_check=onnx.check_answers,  # greedy answers through the graphs equal generate's
     model_facts=model_facts,
 )

@@ -99,7 +99,7 @@ def evaluate_report(run_dir: Path, recipe: Recipe, split: str) -> dict[str, Any]
     lengths = [len(ids) for ids in prompts.answers(train["response"])]
     cap = run_decoding(model).max_new_tokens
     budget, longest = chat_inputs.answer_budget(lengths, recipe.data.max_target_length, cap)
-    kwargs = _generate_kwargs(model, DecodingOptions(max_new_tokens=budget))
+    kwargs = generate_kwargs(model, DecodingOptions(max_new_tokens=budget))
     answers = generate_answers(model, tokenizer, encoded, recipe.eval.batch_size, **kwargs)
     novel = report.novel_mask(train["message"], messages)
     retrieved = [response for _, response in nearest]
@@ -134,7 +134,11 @@ def example_inputs(run_dir: Path, count: int) -> list[str]:
 
 def run_decoding(model: Any) -> DecodingOptions:
     """The run's own decoding (its generation_config, written from the recipe's ``model.generation``)."""
-    gen = model.generation_config
+    return config_decoding(model.generation_config)
+
+
+def config_decoding(gen: Any) -> DecodingOptions:
+    """The decoding a ``GenerationConfig`` sets (what an export folder without the model keeps of it)."""
     return DecodingOptions(
         max_new_tokens=gen.max_new_tokens or (gen.max_length or 21) - 1,
         temperature=(gen.temperature or 1.0) if gen.do_sample else 0.0,
@@ -146,7 +150,7 @@ def run_decoding(model: Any) -> DecodingOptions:
     )
 
 
-def _generate_kwargs(model: Any, decoding: DecodingOptions) -> dict[str, Any]:
+def generate_kwargs(model: Any, decoding: DecodingOptions) -> dict[str, Any]:
     """``generate()`` arguments: what the caller set over the run's own decoding, checked."""
     kwargs = decoding.over(run_decoding(model)).generate_kwargs()
     return kwargs if is_causal(model) else seq2seq.as_max_length(kwargs)
@@ -193,22 +197,28 @@ def predict(
         raise HftkError(f"--batch-size {batch_size}: expected a positive number")
     cfg = _run_data_config(Path(run_dir))
     model, tokenizer = load_run_model(run_dir)
-    _generate_kwargs(model, decoding)  # bad options fail before any output
+    generate_kwargs(model, decoding)  # bad options fail before any output
     messages = [str(m) for m in inputs]
-    memory = _run_memory(Path(run_dir), cfg)
-    given = memory.retrieve(messages) if memory is not None and messages else [None] * len(messages)
-    prompts = chat_inputs.Prompts(tokenizer, cfg, is_causal(model))
-    encoded = [_encode(prompts, [], m, f"input {i + 1}", extra) for i, (m, extra) in enumerate(zip(messages, given))]
+    encoded = encode_messages(Path(run_dir), cfg, tokenizer, is_causal(model), messages)
     results = []
     for start in range(0, len(messages), batch_size):
         chunk = slice(start, start + batch_size)
-        answers = generate_answers(model, tokenizer, encoded[chunk], batch_size, **_generate_kwargs(model, decoding))
+        answers = generate_answers(model, tokenizer, encoded[chunk], batch_size, **generate_kwargs(model, decoding))
         for message, answer in zip(messages[chunk], answers):
             results.append({"input": message, "generated_text": answer})
             if stream is not None:
                 stream.write(f"{message} -> {answer}\n")
                 stream.flush()
     return results
+
+
+def encode_messages(folder: Path, cfg: ChatDataConfig, tokenizer: Any, causal: bool, messages: list[str]) -> list:
+    """Each message's prompt ids (a conversation's first turn), as predict gives them to ``generate``; ``folder``
+    (a run or its export) keeps the memory of a data.retrieve run."""
+    memory = _run_memory(folder, cfg)
+    given = memory.retrieve(messages) if memory is not None and messages else [None] * len(messages)
+    prompts = chat_inputs.Prompts(tokenizer, cfg, causal)
+    return [_encode(prompts, [], m, f"input {i + 1}", extra) for i, (m, extra) in enumerate(zip(messages, given))]
 
 
 def iter_answer(
@@ -221,7 +231,7 @@ def iter_answer(
     """Yield the answer to ``message`` after ``history`` (earlier turns, oldest first) piece by piece."""
     cfg = _run_data_config(Path(run_dir))
     model, tokenizer = load_run_model(run_dir)
-    kwargs = _generate_kwargs(model, decoding)
+    kwargs = generate_kwargs(model, decoding)
     memory = _run_memory(Path(run_dir), cfg)
     extra = memory.retrieve([message])[0] if memory is not None and message.strip() else None
     ids = _encode(chat_inputs.Prompts(tokenizer, cfg, is_causal(model)), history, message, "message", extra)
@@ -256,7 +266,7 @@ def chat(
     do not fit). An empty line is skipped, ``/reset`` starts a new conversation, end of input (Ctrl-D) ends it.
     """
     model, _ = load_run_model(run_dir)
-    _generate_kwargs(model, decoding)  # bad options fail before the first prompt
+    generate_kwargs(model, decoding)  # bad options fail before the first prompt
     output.write(f"{Path(run_dir).name}: type a message (/reset starts over, Ctrl-D ends)\n")
     history: list[str] = []
     while True:
