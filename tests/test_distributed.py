@@ -86,6 +86,8 @@ def test_two_processes_train_like_one_with_gradient_accumulation(task_id, tmp_pa
     }  # a confusion matrix counts the same detections
 
 
+# slow (~40 s): a kill mid-run is tested on one process in test_runs.py, 2-process equality above
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_to_the_same_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train = ["-m", "hftk", "-q", "train", "text-generation", *_overrides("text-generation"), "train.max_steps=12"]

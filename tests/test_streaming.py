@@ -196,6 +196,8 @@ def _run(command: list[str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+# slow (~40 s): each process's part is tested without launching (test_processes_read_their_own_part)
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_gradient_accumulation_and_resume(tmp_path):
     """One shard (python-docs' training part): each process keeps every second block. Launched as users launch."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu-2proc.yaml"]
