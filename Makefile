@@ -27,7 +27,7 @@ install: $(BIN)/hftk  ## create .venv (or reuse it) and install hftk with its te
 quickstart: install  ## train the default recipe on embedded MNIST, evaluate it, print how to open the demo
 	$(BIN)/hftk train image-classification --output-dir runs/$(RUN_NAME)
 
-test: install  ## the test suite (offline, tiny models; a few minutes)
+test: install  ## the test suite (offline, tiny models; about 8 minutes on 2 cores)
 	$(BIN)/python -m pytest -q
 
 test-all: install  ## also the slow tests
